@@ -1,0 +1,1 @@
+"""Pure-Python core of pump_rig: no rclpy imports, time always passed in (seconds)."""

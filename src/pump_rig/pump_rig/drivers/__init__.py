@@ -1,0 +1,1 @@
+"""Device drivers: pyserial transport and per-protocol pump drivers (no rclpy)."""
