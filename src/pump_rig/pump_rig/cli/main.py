@@ -1,0 +1,303 @@
+"""``pumprig``: run the rig and talk to it.
+
+Every subcommand prints one clear line and exits non-zero on bad input or when the rig cannot
+be reached; nothing running is changed by a rejected request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    """A request that cannot be carried out; the message is printed as one line."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pumprig", description="Run and operate the pump_rig intrathecal pump bench rig."
+    )
+    parser.add_argument(
+        "-n", "--namespace", default="/rig", help="rig namespace (default: /rig)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole stack in one process (mock hardware by default)")
+    up.add_argument("--config", type=_existing_file, help="ROS parameter file (default: config/mock.yaml)")
+    up.add_argument("--speed", type=_positive_float, help="simulated seconds per wall second")
+    up.add_argument("--duration", type=_positive_float, metavar="SIM_S",
+                    help="stop after this much simulated time (default: run until Ctrl-C)")
+    up.add_argument("--record", type=Path, metavar="DIR", help="record a bag under DIR")
+    up.add_argument("--program", type=_existing_file, help="therapy program to start with")
+    up.add_argument("--port", help="serial port of a real pump (no mock hardware)")
+
+    demo = sub.add_parser("demo", help="24 h of simulated therapy with an occlusion at hour 12")
+    demo.add_argument("--speed", type=_positive_float, default=1800.0,
+                      help="simulated seconds per wall second (default: 1800)")
+    demo.add_argument("--hours", type=_positive_float, default=24.0, help="simulated hours (24)")
+    demo.add_argument("--fault-at", type=_positive_float, default=12.0, metavar="HOURS",
+                      help="when the occlusion is injected (hour 12)")
+    demo.add_argument("--fault", default="occlusion", help="fault kind to inject (occlusion)")
+    demo.add_argument("--runs", type=Path, default=Path("runs"), help="where the bag goes (runs/)")
+
+    sub.add_parser("status", help="therapy, pump, line and alarm state of a running rig")
+
+    program = sub.add_parser("program", help="therapy program of a running rig")
+    program_sub = program.add_subparsers(dest="program_command", required=True, metavar="ACTION")
+    program_set = program_sub.add_parser("set", help="validate a program file and apply it")
+    program_set.add_argument("file", type=Path, metavar="FILE")
+    program_sub.add_parser("show", help="the program running now")
+
+    sub.add_parser("suspend", help="suspend therapy (pump stops)")
+    sub.add_parser("resume", help="resume therapy (refused while a critical alarm is active)")
+
+    alarms = sub.add_parser("alarms", help="list latched alarms")
+    alarms.add_argument("--clear", action="store_true",
+                        help="clear alarms and release the estop (therapy then needs resume)")
+
+    fault = sub.add_parser("fault", help="inject or clear mock-hardware faults")
+    fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="ACTION")
+    inject = fault_sub.add_parser("inject", help="inject a fault")
+    inject.add_argument("kind", metavar="KIND")
+    inject.add_argument("--magnitude", type=float, default=0.0, help="kind-specific size")
+    fault_sub.add_parser("clear", help="clear all injected faults")
+
+    record = sub.add_parser("record", help="record the rig topics of a running rig to a bag")
+    record.add_argument("--output", type=Path, default=Path("runs"), help="directory (runs/)")
+
+    report = sub.add_parser("report", help="summarise a recorded bag")
+    report.add_argument("bag", type=Path, metavar="BAG")
+    return parser
+
+
+# -- commands that talk to a running rig ---------------------------------------------------
+def _client(args: argparse.Namespace) -> Any:
+    from pump_rig.cli.client import RigClient
+
+    return RigClient(args.namespace)
+
+
+def _trigger(args: argparse.Namespace, service: str) -> str:
+    from std_srvs.srv import Trigger
+
+    client = _client(args)
+    try:
+        response = client.call(Trigger, service, Trigger.Request())
+    finally:
+        client.close()
+    if not response.success:
+        raise CliError(response.message)
+    return str(response.message)
+
+
+def cmd_suspend(args: argparse.Namespace) -> None:
+    print(_trigger(args, "suspend"))
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    print(_trigger(args, "resume"))
+
+
+def cmd_program(args: argparse.Namespace) -> None:
+    from pump_rig.cli.status import program_lines
+
+    if args.program_command == "show":
+        client = _client(args)
+        try:
+            print("\n".join(program_lines(client)))
+        finally:
+            client.close()
+        return
+    from pump_rig.core.program import load_program_file
+    from pump_rig_interfaces.srv import SetProgram
+
+    program = load_program_file(args.file)  # a bad file is refused here, before any ROS traffic
+    client = _client(args)
+    try:
+        response = client.call(SetProgram, "set_program", SetProgram.Request(program_yaml=args.file.read_text()))
+    finally:
+        client.close()
+    if not response.success:
+        raise CliError(response.message)
+    print(f"{program.name}: {response.message}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from pump_rig.cli.status import status_lines
+
+    client = _client(args)
+    try:
+        print("\n".join(status_lines(client)))
+    finally:
+        client.close()
+
+
+def cmd_alarms(args: argparse.Namespace) -> None:
+    from pump_rig.cli.status import alarm_lines
+
+    if args.clear:
+        # The monitor first: it refuses while the line is still unsafe, and then nothing is
+        # cleared anywhere. Then the controller, which stays stopped until `pumprig resume`.
+        print(_trigger(args, "pressure_monitor/clear_alarms"))
+        print(_trigger(args, "dosing_controller/clear_alarms"))
+        return
+    client = _client(args)
+    try:
+        print("\n".join(alarm_lines(client)))
+    finally:
+        client.close()
+
+
+def cmd_fault(args: argparse.Namespace) -> None:
+    from pump_rig.core.faults import FaultKind
+
+    client = _client(args)
+    try:
+        if args.fault_command == "inject":
+            from pump_rig_interfaces.srv import InjectFault
+
+            kind = FaultKind.parse(args.kind)
+            request = InjectFault.Request(kind=kind.value, magnitude=args.magnitude)
+            response = client.call(InjectFault, "inject_fault", request)
+            if not response.success:
+                raise CliError(response.message)
+            print(response.message)
+        else:
+            from std_srvs.srv import Trigger
+
+            print(client.call(Trigger, "clear_faults", Trigger.Request()).message)
+    finally:
+        client.close()
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pump_rig.core.bag_report import format_report, read_report
+
+    print(format_report(read_report(args.bag)))
+
+
+# -- commands that run nodes ---------------------------------------------------------------
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from pump_rig.cli.stack import Stack, StackOptions
+
+    record = args.record / time.strftime("rig_%Y%m%d_%H%M%S") if args.record else None
+    stack = Stack(
+        StackOptions(
+            namespace=args.namespace, config=args.config, speed=args.speed,
+            program=args.program, record=record, port=args.port,
+        )
+    )
+    stopping = {"now": False}
+    _stop_on_signals(lambda: stopping.__setitem__("now", True))
+    stack.start()
+    t0 = stack.sim_now_s()
+    where = f"mock pump on {stack.mock.port}" if stack.mock else f"pump on {args.port}"
+    print(f"pumprig up: rig in {args.namespace}, {where}" + (f", recording to {record}" if record else ""))
+    print("Ctrl-C to stop")
+    try:
+        while not stopping["now"]:
+            if args.duration and stack.sim_now_s() - t0 >= args.duration:
+                break
+            time.sleep(0.05)
+    finally:
+        stack.shutdown()
+    print("pumprig up: stopped" + (f"; bag {record}" if record else ""))
+
+
+def cmd_record(args: argparse.Namespace) -> None:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from pump_rig.nodes.telemetry_recorder import TelemetryRecorder
+
+    bag = args.output / time.strftime("rig_%Y%m%d_%H%M%S")
+    rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = TelemetryRecorder(
+        namespace=args.namespace,
+        parameter_overrides=[Parameter("bag_path", Parameter.Type.STRING, str(bag))],
+    )
+    stopping = {"now": False}
+    _stop_on_signals(lambda: stopping.__setitem__("now", True))
+    print(f"recording {args.namespace} to {bag}; Ctrl-C to stop")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stopping["now"]:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        node.close()
+        print(f"closed {bag} ({node.message_count} messages)")
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pump_rig.cli.demo import run_demo
+
+    run_demo(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "up": cmd_up,
+    "demo": cmd_demo,
+    "status": cmd_status,
+    "program": cmd_program,
+    "suspend": cmd_suspend,
+    "resume": cmd_resume,
+    "alarms": cmd_alarms,
+    "fault": cmd_fault,
+    "record": cmd_record,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pump_rig.cli.client import RigUnreachable
+    from pump_rig.core.bag_recording import RecordingError
+    from pump_rig.core.bag_report import ReportError
+    from pump_rig.drivers.errors import DeviceError
+
+    try:
+        COMMANDS[args.command](args)
+    except (CliError, RigUnreachable, ReportError, RecordingError, DeviceError, ValueError, OSError) as exc:
+        print(f"pumprig {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

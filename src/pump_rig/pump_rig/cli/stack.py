@@ -1,0 +1,152 @@
+"""The whole rig in one process (``pumprig up`` / ``pumprig demo``).
+
+The same node classes as the separate executables, on one multi-threaded executor, with the
+parameters of a ROS parameter file (``config/mock.yaml`` by default). Mock hardware by default;
+with a real ``port`` the mock is left out and the motor driver talks to that device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from pump_rig.nodes.dosing_controller import DosingController
+from pump_rig.nodes.mock_hardware import MockHardware
+from pump_rig.nodes.motor_driver import MotorDriver
+from pump_rig.nodes.pressure_monitor import PressureMonitor
+from pump_rig.nodes.telemetry_recorder import TelemetryRecorder
+
+
+def package_share() -> Path:
+    """share/pump_rig when installed, else the repository (running from a source tree)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("pump_rig"))
+    except Exception:
+        return Path(__file__).resolve().parents[4]
+
+
+def default_config() -> Path:
+    return package_share() / "config" / "mock.yaml"
+
+
+@dataclass
+class StackOptions:
+    namespace: str = "/rig"
+    config: Path | None = None
+    speed: float | None = None
+    program: Path | None = None
+    record: Path | None = None
+    port: str | None = None  # a real device: no mock
+    extra: dict[str, list[Parameter]] = field(default_factory=dict)  # per-node overrides
+
+
+class Stack:
+    """Builds and runs the nodes; ``start()`` spins them on a background thread."""
+
+    def __init__(self, options: StackOptions, context: Context | None = None) -> None:
+        self.options = options
+        self.context = context or Context()
+        if not self.context.ok():
+            rclpy.init(context=self.context)
+        config = options.config or default_config()
+        if not config.is_file():
+            raise ValueError(f"config file {config} not found")
+        self._cli_args = ["--ros-args", "--params-file", str(config)]
+        sim = options.speed is not None and options.speed != 1.0
+        self._common = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim else []
+        self.nodes: list[Node] = []
+        self.mock: MockHardware | None = None
+        self.recorder: TelemetryRecorder | None = None
+        try:
+            self._build()
+        except BaseException:
+            self.shutdown()
+            raise
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        for node in self.nodes:
+            self.executor.add_node(node)
+        self._thread: threading.Thread | None = None
+
+    def _make(self, factory: Callable[..., Node], name: str, overrides: list[Parameter]) -> Node:
+        node = factory(
+            namespace=self.options.namespace,
+            context=self.context,
+            cli_args=self._cli_args,
+            parameter_overrides=self._common + overrides + self.options.extra.get(name, []),
+        )
+        self.nodes.append(node)
+        return node
+
+    def _build(self) -> None:
+        opts = self.options
+        port = opts.port
+        if port is None:
+            mock_overrides = []
+            if opts.speed is not None:
+                mock_overrides.append(Parameter("speed", Parameter.Type.DOUBLE, float(opts.speed)))
+            self.mock = self._make(MockHardware, "mock_hardware", mock_overrides)  # type: ignore[assignment]
+            assert self.mock is not None
+            port = self.mock.port
+        controller_overrides = []
+        if opts.program is not None:
+            controller_overrides.append(
+                Parameter("program_file", Parameter.Type.STRING, str(opts.program))
+            )
+        self._make(PressureMonitor, "pressure_monitor", [])
+        self._make(MotorDriver, "motor_driver", [Parameter("port", Parameter.Type.STRING, port)])
+        self._make(DosingController, "dosing_controller", controller_overrides)
+        if opts.record is not None:
+            self.recorder = self._make(  # type: ignore[assignment]
+                TelemetryRecorder,
+                "telemetry_recorder",
+                [Parameter("bag_path", Parameter.Type.STRING, str(opts.record))],
+            )
+
+    def node(self, name: str) -> Any:
+        return next(n for n in self.nodes if n.get_name() == name)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._spin, name="pumprig-executor", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down while spinning
+            if self.context.ok():
+                raise
+
+    def sim_now_s(self) -> float:
+        if self.mock is not None:
+            return self.mock.sim_now_s()
+        return self.nodes[0].get_clock().now().nanoseconds * 1e-9
+
+    def shutdown(self) -> None:
+        """Stop the pump, close the bag, stop spinning. Safe to call twice."""
+        for node in reversed(self.nodes):
+            close = getattr(node, "close", None)
+            if callable(close):
+                close()
+        if hasattr(self, "executor"):
+            self.executor.shutdown(timeout_sec=5.0)
+        for node in self.nodes:
+            node.destroy_node()
+        self.nodes = []
+        if self._thread_alive():
+            assert self._thread is not None
+            self._thread.join(timeout=5.0)
+        rclpy.try_shutdown(context=self.context)
+
+    def _thread_alive(self) -> bool:
+        return getattr(self, "_thread", None) is not None and self._thread.is_alive()  # type: ignore[union-attr]

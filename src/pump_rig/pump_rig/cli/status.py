@@ -1,0 +1,78 @@
+"""Text views of a running rig for ``pumprig status``, ``program show`` and ``alarms``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pump_rig.cli.client import RigClient, RigUnreachable
+from pump_rig.core.bag_report import PUMP_STATE_NAMES, SEVERITY_NAMES, THERAPY_STATE_NAMES
+
+LINE_STATE_NAMES = {0: "OK", 1: "SUSPECTED", 2: "OCCLUDED", 3: "LEAK", 4: "SENSOR_FAULT"}
+
+
+def _dose(client: RigClient) -> Any:
+    dose = client.latest("dose")
+    if dose is None:
+        raise RigUnreachable(
+            f"no dose status on {client.full('dose')} (is the rig running in this namespace "
+            f"and ROS_DOMAIN_ID?)"
+        )
+    return dose
+
+
+def program_lines(client: RigClient) -> list[str]:
+    dose = _dose(client)
+    if not dose.program:
+        return ["no program loaded"]
+    return [
+        f"program        {dose.program}",
+        f"drug           {dose.drug} {dose.concentration_ug_per_ml:g} µg/mL",
+        f"basal rate     {dose.basal_rate_ul_per_h:.3f} µL/h "
+        f"({dose.basal_rate_ul_per_h * 24 / 1000 * dose.concentration_ug_per_ml:.3f} µg/day)",
+    ]
+
+
+def status_lines(client: RigClient) -> list[str]:
+    dose = _dose(client)
+    state = client.latest("pump/state")
+    line = client.latest("occlusion")
+    estop = client.latest("estop", timeout_s=0.5)
+    lines = [
+        f"therapy        {THERAPY_STATE_NAMES.get(dose.therapy_state, '?')}",
+        *(program_lines(client) if dose.program else ["program        none"]),
+        f"delivered      {dose.delivered_volume_ul:.3f} µL (prescribed "
+        f"{dose.prescribed_volume_ul:.3f} µL); {dose.delivered_dose_24h_ug:.3f} µg in 24 h",
+        f"reservoir      {dose.reservoir_volume_ul:.1f} µL",
+    ]
+    if state is not None:
+        lines.append(
+            f"pump           {PUMP_STATE_NAMES.get(state.state, '?')} at "
+            f"{state.flow_rate_ul_per_h:.3f} µL/h; device counter {state.delivered_volume_ul:.3f} µL"
+            + (f"; {state.detail}" if state.detail else "")
+        )
+    else:
+        lines.append("pump           no pump/state (motor_driver not running?)")
+    if line is not None:
+        lines.append(
+            f"line           {LINE_STATE_NAMES.get(line.state, '?')} at {line.pressure_kpa:.2f} kPa "
+            f"(baseline {line.baseline_kpa:.2f} kPa)"
+        )
+    lines.append(
+        "estop          "
+        + (f"ENGAGED by {estop.source}: {estop.reason}" if estop and estop.engaged else "released")
+    )
+    lines += alarm_lines(client)
+    return lines
+
+
+def alarm_lines(client: RigClient) -> list[str]:
+    latest: dict[tuple[str, str], Any] = {}
+    for alarm in client.collect("alarms", 0.5):
+        latest[(alarm.source, alarm.code)] = alarm
+    active = [a for a in latest.values() if a.active]
+    if not active:
+        return ["alarms         none active"]
+    return ["alarms"] + [
+        f"  {SEVERITY_NAMES.get(a.severity, '?'):<8} {a.code:<16} {a.source}: {a.message}"
+        for a in active
+    ]

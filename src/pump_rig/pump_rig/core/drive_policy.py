@@ -1,0 +1,164 @@
+"""What the motor driver lets the pump do, whatever it is told (DESIGN safety invariants 1, 2).
+
+The driver is the last line of defence: it enforces its own rate and volume limits, stops the
+pump when commands go stale or the emergency stop is engaged, and after any such stop it runs
+again only on a *new* command (a higher sequence number), never on a repeat of the command that
+was in force when it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pump_rig.core.pump_types import Direction, PumpAction
+
+
+@dataclass(frozen=True)
+class DriveLimits:
+    max_rate_ul_per_h: float
+    # Largest volume limit a single command may carry (a bolus, a prime); a command asking for
+    # more is refused. Continuous basal commands carry no limit and are bounded by the rate.
+    max_volume_per_command_ul: float
+    # A RUN command older than this (ROS time) is stale: stop the pump.
+    command_timeout_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("max_rate_ul_per_h", "max_volume_per_command_ul", "command_timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}: must be a finite number > 0 (got {value})")
+
+
+@dataclass(frozen=True)
+class DriveTarget:
+    """What the device should be doing now."""
+
+    running: bool
+    direction: Direction
+    rate_ul_per_h: float
+    volume_limit_ul: float
+    sequence: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CommandVerdict:
+    accepted: bool
+    message: str
+
+
+class DrivePolicy:
+    """Turns PumpCommands, estop and the passage of time into a device target."""
+
+    def __init__(self, limits: DriveLimits) -> None:
+        self.limits = limits
+        self._action = PumpAction.STOP
+        self._rate_ul_per_h = 0.0
+        self._volume_limit_ul = 0.0
+        self._sequence = 0
+        self._last_command_s: float | None = None
+        self._estop_reason: str | None = None
+        # Commands with a sequence <= this may not start the pump (set by every safety stop).
+        self._rearm_after_sequence: int | None = None
+        self._stop_reason = "no command yet"
+
+    @property
+    def estopped(self) -> bool:
+        return self._estop_reason is not None
+
+    @property
+    def last_sequence(self) -> int:
+        return self._sequence
+
+    def on_command(
+        self,
+        t_s: float,
+        action: int,
+        flow_rate_ul_per_h: float,
+        volume_limit_ul: float,
+        sequence: int,
+    ) -> CommandVerdict:
+        """Take a command (or heartbeat). A command outside the limits stops the pump."""
+        self._last_command_s = t_s
+        try:
+            parsed = PumpAction(action)
+        except ValueError:
+            return self._refuse(sequence, f"unknown action {action}")
+        if parsed != PumpAction.STOP:
+            if not math.isfinite(flow_rate_ul_per_h) or flow_rate_ul_per_h < 0:
+                return self._refuse(sequence, f"invalid rate {flow_rate_ul_per_h} µL/h")
+            if flow_rate_ul_per_h > self.limits.max_rate_ul_per_h:
+                return self._refuse(
+                    sequence,
+                    f"rate {flow_rate_ul_per_h:g} µL/h above the driver limit "
+                    f"{self.limits.max_rate_ul_per_h:g} µL/h",
+                )
+            if not math.isfinite(volume_limit_ul) or volume_limit_ul < 0:
+                return self._refuse(sequence, f"invalid volume limit {volume_limit_ul} µL")
+            if volume_limit_ul > self.limits.max_volume_per_command_ul:
+                return self._refuse(
+                    sequence,
+                    f"volume limit {volume_limit_ul:g} µL above the driver limit "
+                    f"{self.limits.max_volume_per_command_ul:g} µL",
+                )
+        self._action = parsed
+        self._rate_ul_per_h = flow_rate_ul_per_h if parsed != PumpAction.STOP else 0.0
+        self._volume_limit_ul = volume_limit_ul
+        self._sequence = sequence
+        return CommandVerdict(True, "")
+
+    def on_estop(self, engaged: bool, reason: str) -> None:
+        if engaged:
+            self._estop_reason = reason or "emergency stop"
+            self._safety_stop()
+        else:
+            self._estop_reason = None
+
+    def on_device_fault(self) -> None:
+        """The device misbehaved or vanished: whatever happens next needs a fresh command."""
+        self._safety_stop()
+
+    def is_stale(self, t_s: float) -> bool:
+        """True when a running command has not been refreshed within the timeout."""
+        if self._action == PumpAction.STOP or self._last_command_s is None:
+            return False
+        return t_s - self._last_command_s > self.limits.command_timeout_s
+
+    def target(self, t_s: float) -> DriveTarget:
+        stop = self._stopped(t_s)
+        direction = Direction.WITHDRAW if self._action == PumpAction.WITHDRAW else Direction.INFUSE
+        if stop is not None:
+            return DriveTarget(False, direction, 0.0, 0.0, self._sequence, stop)
+        return DriveTarget(
+            True, direction, self._rate_ul_per_h, self._volume_limit_ul, self._sequence, ""
+        )
+
+    def _stopped(self, t_s: float) -> str | None:
+        if self._estop_reason is not None:
+            return f"estop: {self._estop_reason}"
+        if self.is_stale(t_s):
+            self._safety_stop()
+            return "command stale"
+        if self._action == PumpAction.STOP:
+            return self._stop_reason
+        if self._rearm_after_sequence is not None:
+            if self._sequence <= self._rearm_after_sequence:
+                return "stopped for safety: waiting for a new command"
+            self._rearm_after_sequence = None
+        if self._rate_ul_per_h == 0.0:
+            return "rate 0"
+        return None
+
+    def _refuse(self, sequence: int, message: str) -> CommandVerdict:
+        self._action = PumpAction.STOP
+        self._rate_ul_per_h = 0.0
+        self._sequence = sequence
+        self._stop_reason = f"command refused: {message}"
+        self._safety_stop()
+        return CommandVerdict(False, message)
+
+    def _safety_stop(self) -> None:
+        self._rearm_after_sequence = max(self._sequence, self._rearm_after_sequence or 0)
+        if self._action != PumpAction.STOP:
+            self._stop_reason = "stopped for safety"

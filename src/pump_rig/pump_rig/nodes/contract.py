@@ -1,0 +1,53 @@
+"""The fixed topic contract of DESIGN.md: names (relative to the rig namespace), types and QoS.
+
+QoS is chosen per topic on purpose: commands and states are reliable streams (a lost STOP is not
+acceptable), pressure keeps a deeper queue so a slow monitor sees every sample, and alarms, dose
+and estop are transient-local so a node that starts late (or restarts) learns the current
+emergency-stop and alarm state immediately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+
+def _reliable(depth: int, latched: bool = False) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+    )
+
+
+QOS_COMMAND = _reliable(10)
+QOS_STATE = _reliable(10)
+QOS_PRESSURE = _reliable(100)
+QOS_OCCLUSION = _reliable(10)
+QOS_ALARMS = _reliable(100, latched=True)
+QOS_DOSE = _reliable(1, latched=True)
+QOS_ESTOP = _reliable(1, latched=True)
+QOS_FAULTS = _reliable(20, latched=True)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    type_name: str  # ROS 2 interface name, e.g. "pump_rig_interfaces/msg/PumpState"
+    qos: QoSProfile
+
+
+RIG_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("pump/command", "pump_rig_interfaces/msg/PumpCommand", QOS_COMMAND),
+    TopicSpec("pump/state", "pump_rig_interfaces/msg/PumpState", QOS_STATE),
+    TopicSpec("pressure", "sensor_msgs/msg/FluidPressure", QOS_PRESSURE),
+    TopicSpec("occlusion", "pump_rig_interfaces/msg/OcclusionStatus", QOS_OCCLUSION),
+    TopicSpec("alarms", "pump_rig_interfaces/msg/Alarm", QOS_ALARMS),
+    TopicSpec("dose", "pump_rig_interfaces/msg/DoseStatus", QOS_DOSE),
+    TopicSpec("estop", "pump_rig_interfaces/msg/EmergencyStop", QOS_ESTOP),
+    # Mock bench only: faults injected, so a recording shows when each began.
+    TopicSpec("bench/faults", "pump_rig_interfaces/msg/FaultEvent", QOS_FAULTS),
+)
+TOPICS_BY_NAME = {spec.name: spec for spec in RIG_TOPICS}

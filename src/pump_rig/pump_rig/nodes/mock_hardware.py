@@ -1,0 +1,260 @@
+"""mock_hardware: the bench in software — syringe pump, fluid line and pressure sensor.
+
+The pump is exposed as a serial device on a pseudo-terminal speaking the real device protocol,
+so motor_driver runs the same pyserial code as on the bench. Pressure samples are published on
+``pressure`` on a fixed schedule of simulated time. With ``speed`` above 1 this node is the time
+source: it publishes ``/clock`` and every other node runs with ``use_sim_time``; the physics is
+solved in closed form between events, so months of therapy run in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from pump_rig_interfaces.msg import FaultEvent
+from pump_rig_interfaces.srv import InjectFault
+from rclpy.parameter import Parameter
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import FluidPressure
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from pump_rig.core.bench_model import BenchModel, BenchParams
+from pump_rig.core.bench_session import BenchSession
+from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
+from pump_rig.core.sim_clock import SimClock
+from pump_rig.core.stepper_emulator import StepperEmulator
+from pump_rig.drivers.pty_device import PtySerialDevice
+from pump_rig.nodes.contract import QOS_FAULTS, QOS_PRESSURE
+from pump_rig.nodes.params import ParamSet, ParamSpec
+from pump_rig.nodes.ros_time import s_to_stamp
+
+
+def bench_param_specs() -> list[ParamSpec]:
+    """One read-only ``bench.<field>`` parameter per BenchParams field."""
+    defaults = BenchParams()
+    specs = []
+    for field in dataclasses.fields(BenchParams):
+        value = getattr(defaults, field.name)
+        if not isinstance(value, bool | int | float | str):
+            continue
+        description = str(field.metadata.get("description", f"bench model: {field.name}"))
+        specs.append(ParamSpec(f"bench.{field.name}", value, description, read_only=True))
+    return specs
+
+
+def default_port_link(namespace: str) -> str:
+    name = namespace.strip("/").replace("/", "_") or "root"
+    return str(Path(tempfile.gettempdir()) / "pump_rig" / name / "pump")
+
+
+class MockHardware(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        # This node is the time source; it never listens to /clock itself.
+        overrides = [
+            p for p in kwargs.pop("parameter_overrides", []) if p.name != "use_sim_time"
+        ]
+        super().__init__("mock_hardware", parameter_overrides=overrides, **kwargs)
+        self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
+        self.params = ParamSet(
+            self,
+            [
+                ParamSpec(
+                    "speed", 1.0, "Simulated seconds per wall second; above 1 publishes /clock",
+                    0.01, 100000.0, read_only=True,
+                ),
+                ParamSpec(
+                    "sim_start_s", 0.0,
+                    "Simulated time at start, seconds since the epoch (0 = now)", 0.0, 4.0e9,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "sample_period_s", 1.0, "Pressure sample period (simulated time)", 0.001, 3600.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "update_period_s", 0.01,
+                    "Wall-time period of /clock and of publishing due pressure samples",
+                    0.001, 1.0, read_only=True,
+                ),
+                ParamSpec(
+                    "port_link", "",
+                    "Path made a symlink to the emulated pump's pty ('' = /tmp/pump_rig/<ns>/pump)",
+                    read_only=True,
+                ),
+                ParamSpec("seed", 1, "Random seed of sensor noise and faults", 0, 2**31 - 1,
+                          read_only=True),
+                *bench_param_specs(),
+            ],
+        )
+        bench_values: dict[str, object] = {
+            spec.name.removeprefix("bench."): self.params.get(spec.name)
+            for spec in bench_param_specs()
+        }
+        bench_values["seed"] = int(self.params.get("seed"))
+        params = BenchParams.from_mapping(bench_values)
+        speed = float(self.params.get("speed"))
+        sim_start = float(self.params.get("sim_start_s")) or time.time()
+        self.clock = SimClock(speed, sim_start)
+        self.publishes_clock = not math.isclose(speed, 1.0)
+        self._lock = threading.Lock()
+        t0 = self.clock.now_s()
+        self.session = BenchSession(
+            BenchModel(params, t0_s=t0),
+            sample_period_s=float(self.params.get("sample_period_s")),
+            t0_s=t0,
+        )
+        self.emulator = StepperEmulator(
+            self.session, pressure_source=None, seed=int(self.params.get("seed"))
+        )
+        link = str(self.params.get("port_link")) or default_port_link(self.get_namespace())
+        Path(link).parent.mkdir(parents=True, exist_ok=True)
+        self.device = PtySerialDevice(
+            self.emulator, self.clock.now_s, lock=self._lock, link_path=Path(link)
+        )
+        self.device.start()
+
+        self._pressure_pub = self.create_publisher(FluidPressure, "pressure", QOS_PRESSURE)
+        self._clock_pub = (
+            self.create_publisher(Clock, "/clock", 10) if self.publishes_clock else None
+        )
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._fault_pub = self.create_publisher(FaultEvent, "bench/faults", QOS_FAULTS)
+        self.create_service(InjectFault, "inject_fault", self._on_inject_fault)
+        self.create_service(Trigger, "clear_faults", self._on_clear_faults)
+        wall = rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
+        self.create_timer(float(self.params.get("update_period_s")), self._update, clock=wall)
+        self.create_timer(1.0, self._publish_diagnostics, clock=wall)
+        self._published_samples = 0
+        self.get_logger().info(
+            f"mock pump on {self.port} (speed x{speed:g}, pressure every "
+            f"{self.session.sample_period_s:g} s sim)"
+        )
+
+    @property
+    def port(self) -> str:
+        return str(self.device.port)
+
+    def sim_now_s(self) -> float:
+        return self.clock.now_s()
+
+    def _update(self) -> None:
+        with self._lock:
+            t_s = self.clock.now_s()
+            samples = self.session.collect(t_s)
+        if self._clock_pub is not None:
+            self._clock_pub.publish(Clock(clock=s_to_stamp(t_s)))
+        for t_sample, pressure_kpa in samples:
+            if pressure_kpa is None:
+                continue  # dropout: the sensor sent nothing
+            self._pressure_pub.publish(
+                FluidPressure(
+                    header=Header(stamp=s_to_stamp(t_sample), frame_id="line_pressure_sensor"),
+                    fluid_pressure=pressure_kpa * 1000.0,
+                    variance=(self.session.bench.params.sensor_noise_kpa * 1000.0) ** 2,
+                )
+            )
+            self._published_samples += 1
+
+    def inject(self, kind: FaultKind, magnitude: float = 0.0) -> str:
+        """Inject a fault now; returns a description. ValueError for an impossible request."""
+        with self._lock:
+            t_s = self.clock.now_s()
+            if kind == FaultKind.UNPLUG:
+                self.device.unplug()
+            elif kind in SERIAL_FAULTS:
+                self.emulator.set_fault(kind, True)
+            else:
+                self.session.inject_fault(t_s, kind, magnitude)
+        message = f"injected {kind.value} at t={t_s:.3f} s"
+        self._publish_fault(t_s, kind.value, True, magnitude, message)
+        self.get_logger().warning(message)
+        return message
+
+    def clear(self) -> str:
+        with self._lock:
+            t_s = self.clock.now_s()
+            self.session.clear_faults(t_s)
+            self.emulator.clear_faults()
+            if not self.device.plugged:
+                self.device.replug()
+        message = f"faults cleared at t={t_s:.3f} s"
+        self._publish_fault(t_s, "all", False, 0.0, message)
+        self.get_logger().info(message)
+        return message
+
+    def _publish_fault(self, t_s: float, kind: str, active: bool, magnitude: float, message: str) -> None:
+        self._fault_pub.publish(
+            FaultEvent(
+                header=Header(stamp=s_to_stamp(t_s), frame_id="bench"),
+                kind=kind,
+                active=active,
+                magnitude=magnitude,
+                message=message,
+            )
+        )
+
+    def _on_inject_fault(
+        self, request: InjectFault.Request, response: InjectFault.Response
+    ) -> InjectFault.Response:
+        try:
+            kind = FaultKind.parse(request.kind)
+            if not math.isfinite(request.magnitude) or request.magnitude < 0:
+                raise ValueError(f"magnitude must be a finite number >= 0 (got {request.magnitude})")
+            response.message = self.inject(kind, request.magnitude)
+            response.success = True
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _on_clear_faults(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.message = self.clear()
+        response.success = True
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            t_s = self.clock.now_s()
+            snap = self.session.snapshot(t_s)
+            pressure = self.session.line_pressure_kpa(t_s)
+            faults = sorted(k.value for k in self.session.bench.active_faults)
+        faults += sorted(k.value for k in self.emulator.active_faults)
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if faults else DiagnosticStatus.OK,
+            name=f"{self.get_fully_qualified_name()}: bench",
+            message="faults: " + ",".join(faults) if faults else "nominal",
+            hardware_id=self.port,
+            values=[
+                KeyValue(key="sim_time_s", value=f"{t_s:.3f}"),
+                KeyValue(key="speed", value=f"{self.clock.speed:g}"),
+                KeyValue(key="pump_state", value=snap.state.name),
+                KeyValue(key="delivered_ul", value=f"{snap.delivered_ul:.6f}"),
+                KeyValue(key="line_pressure_kpa", value=f"{pressure:.3f}"),
+                KeyValue(key="samples_published", value=str(self._published_samples)),
+            ],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = s_to_stamp(t_s)
+        self._diag_pub.publish(msg)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    from pump_rig.nodes.runner import run_node
+
+    run_node(MockHardware, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Conversions between ROS time and the core's float seconds."""
+
+from __future__ import annotations
+
+from builtin_interfaces.msg import Time as TimeMsg
+from rclpy.node import Node
+from rclpy.time import Time
+
+
+def now_s(node: Node) -> float:
+    """The node's ROS time (simulated when use_sim_time is set) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+def stamp_to_s(stamp: TimeMsg) -> float:
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def s_to_stamp(t_s: float) -> TimeMsg:
+    return Time(nanoseconds=round(t_s * 1e9)).to_msg()

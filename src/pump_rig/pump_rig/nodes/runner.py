@@ -1,0 +1,35 @@
+"""Process entry point shared by the node executables."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+
+def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> None:
+    """Create the node, spin it until shutdown, and turn configuration errors into one line."""
+    rclpy.init(args=args)
+    node: Node | None = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        name = getattr(factory, "__name__", "node")
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if node is not None:
+            close: Any = getattr(node, "close", None)
+            if callable(close):
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
