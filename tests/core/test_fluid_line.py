@@ -87,9 +87,7 @@ def test_closed_form_matches_rk4_with_ripple(
 def test_periodic_steady_state_start_stays_periodic() -> None:
     t0 = 5.0
     line = FluidLine(PARAMS, t0_s=t0)
-    want = rk4_pressure(
-        PARAMS, p0_kpa=line.pressure_kpa, t0_s=t0, t1_s=t0 + 4.0, flow_ul_per_s=0.0
-    )
+    want = rk4_pressure(PARAMS, p0_kpa=line.pressure_kpa, t0_s=t0, t1_s=t0 + 4.0, flow_ul_per_s=0.0)
     assert line.advance(t0 + 4.0, 0.0) == pytest.approx(want, abs=1e-9)
     # Steady ripple is attenuated/delayed by 1/(1 + jωτ): mean P_csf, amplitude below P_csf's.
     ts = np.linspace(t0 + 4.0, t0 + 24.0, 4001)
@@ -227,7 +225,9 @@ def test_fault_changes_hold_the_last_flow() -> None:
 
 
 # ---- pressure sensor -----------------------------------------------------------------------
-def read_many(sensor: PressureSensor, n: int, *, t0: float = 0.0, true_kpa: float = 1.5) -> list:
+def read_many(
+    sensor: PressureSensor, n: int, *, t0: float = 0.0, true_kpa: float = 1.5
+) -> list[float | None]:
     return [sensor.read(t0 + 0.01 * i, true_kpa) for i in range(n)]
 
 

@@ -40,6 +40,22 @@ def default_config() -> Path:
     return package_share() / "config" / "mock.yaml"
 
 
+# Watchdogs that guard against a hung *process* are about wall time. In an accelerated run one
+# wall second is `speed` simulated seconds, so a scheduling hiccup of a few tens of milliseconds
+# would look like minutes of silence: such timeouts get at least this many wall seconds.
+WATCHDOG_WALL_S = 2.0
+
+
+def watchdog_overrides(speed: float) -> dict[str, list[Parameter]]:
+    sim_s = WATCHDOG_WALL_S * speed
+    return {
+        "motor_driver": [Parameter("command_timeout_s", Parameter.Type.DOUBLE, sim_s)],
+        "pressure_monitor": [
+            Parameter("detector.sample_timeout_s", Parameter.Type.DOUBLE, sim_s)
+        ],
+    }
+
+
 @dataclass
 class StackOptions:
     namespace: str = "/rig"
@@ -48,6 +64,7 @@ class StackOptions:
     program: Path | None = None
     record: Path | None = None
     port: str | None = None  # a real device: no mock
+    controller: bool = True  # False: something else commands the pump (tests, manual runs)
     extra: dict[str, list[Parameter]] = field(default_factory=dict)  # per-node overrides
 
 
@@ -65,6 +82,7 @@ class Stack:
         self._cli_args = ["--ros-args", "--params-file", str(config)]
         sim = options.speed is not None and options.speed != 1.0
         self._common = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim else []
+        self._scaled = watchdog_overrides(options.speed) if sim and options.speed else {}
         self.nodes: list[Node] = []
         self.mock: MockHardware | None = None
         self.recorder: TelemetryRecorder | None = None
@@ -83,7 +101,10 @@ class Stack:
             namespace=self.options.namespace,
             context=self.context,
             cli_args=self._cli_args,
-            parameter_overrides=self._common + overrides + self.options.extra.get(name, []),
+            parameter_overrides=self._common
+            + self._scaled.get(name, [])
+            + overrides
+            + self.options.extra.get(name, []),
         )
         self.nodes.append(node)
         return node
@@ -105,7 +126,8 @@ class Stack:
             )
         self._make(PressureMonitor, "pressure_monitor", [])
         self._make(MotorDriver, "motor_driver", [Parameter("port", Parameter.Type.STRING, port)])
-        self._make(DosingController, "dosing_controller", controller_overrides)
+        if opts.controller:
+            self._make(DosingController, "dosing_controller", controller_overrides)
         if opts.record is not None:
             self.recorder = self._make(  # type: ignore[assignment]
                 TelemetryRecorder,

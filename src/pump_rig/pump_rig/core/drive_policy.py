@@ -106,6 +106,10 @@ class DrivePolicy:
         self._rate_ul_per_h = flow_rate_ul_per_h if parsed != PumpAction.STOP else 0.0
         self._volume_limit_ul = volume_limit_ul
         self._sequence = sequence
+        if self._estop_reason is not None:
+            # Sent by someone who may not know about the estop: it must not start the pump
+            # when the estop is released.
+            self._safety_stop()
         return CommandVerdict(True, "")
 
     def on_estop(self, engaged: bool, reason: str) -> None:

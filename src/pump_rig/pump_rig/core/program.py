@@ -150,7 +150,8 @@ class TherapyProgram:
             "low_reservoir_ul",
         ):
             value = getattr(self, attr)
-            if not (isinstance(value, float | int) and math.isfinite(value) and value > 0):
+            ok = isinstance(value, float | int) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and value > 0):
                 raise ProgramError(attr, f"must be a finite number > 0 (got {_show(value)})")
         if not self.name.strip():
             raise ProgramError("name", "must not be empty")
@@ -205,9 +206,10 @@ class TherapyProgram:
 
 # --- YAML dialect -----------------------------------------------------------------------------
 
-# YAML 1.1 (PyYAML) reads "1e3" as a string; prescribers write it as a number (YAML 1.2 does).
-_EXP_FLOAT_RE: Final = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
-_EXP_FLOAT_FIRST: Final = list("-+0123456789")
+# PyYAML (YAML 1.1) reads "1e3" and "2.4e2" as text (it wants "2.4e+2"); prescribers mean
+# numbers, and YAML 1.2 agrees.
+_EXP_FLOAT_RE: Final = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_EXP_FLOAT_FIRST: Final = list("-+.0123456789")
 
 
 class _DuplicateKeyError(yaml.YAMLError):

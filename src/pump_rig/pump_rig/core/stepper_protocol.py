@@ -370,7 +370,7 @@ def reply_command(reply: Reply) -> Command | None:
 def sanitize_message(text: str) -> str:
     """Make ``text`` fit an ER reply: printable ASCII without ``*<>``, single spaces, bounded."""
     text = text.replace("µ", "u")
-    chars = [c if " " <= c <= "~" and c not in "*<>" else "?" for c in text]
+    chars = [" " if c.isspace() else c if " " <= c <= "~" and c not in "*<>" else "?" for c in text]
     cleaned = " ".join("".join(chars).split())[:MAX_MESSAGE_CHARS].rstrip()
     return cleaned or "error"
 

@@ -59,8 +59,8 @@ class PumpSnapshot:
     direction: Direction
     rate_ul_per_h: float
     flow_ul_per_h: float
-    delivered_ul: float
-    remaining_ul: float
+    delivered_ul: float  # net infused minus withdrawn since construction, whole microsteps
+    remaining_ul: float  # in the syringe; 0 once less than one microstep's volume is left
     steps: int
     inner_diameter_mm: float
     volume_limit_ul: float
@@ -91,6 +91,9 @@ class SyringePump:
     * The volume limit is counted in whole steps and never exceeded: the run ends on the last
       whole step that fits in the limit.
     * ``set_diameter`` only changes the µL/step conversion: the volume in the syringe is kept.
+      It, ``set_direction`` and ``load`` raise while the motor is on (RUNNING or STALLED).
+    * Withdrawing stops by itself when the syringe is full, like infusing when it is empty.
+    * ``remaining_ul`` reads 0 once less than one microstep's volume is left (dead volume).
     * A stall (``set_stalled``) is a fault flag: while set and the motor is on the state is
       STALLED and the plunger does not move; the fractional microstep in progress is lost.
     """
@@ -208,7 +211,7 @@ class SyringePump:
             rate_ul_per_h=self._rate_ul_per_h,
             flow_ul_per_h=self._signed_rate_ul_per_h(),
             delivered_ul=self._epoch_delivered_ul + epoch_ul,
-            remaining_ul=max(0.0, self._epoch_content_ul - epoch_ul),
+            remaining_ul=self._reported_remaining_ul(self._epoch_content_ul - epoch_ul),
             steps=steps,
             inner_diameter_mm=self._diameter_mm,
             volume_limit_ul=self._volume_limit_ul,
@@ -286,6 +289,11 @@ class SyringePump:
         self._epoch_content_ul = float(volume_ul)
 
     # ---- internals ---------------------------------------------------------------------------
+    def _reported_remaining_ul(self, content_ul: float) -> float:
+        # Less than one microstep's worth cannot be pushed out: it is dead volume, reported as
+        # 0 so that "remaining == 0" means "empty" to every consumer.
+        return content_ul if _whole_steps(content_ul, self._ul_per_step) > 0 else 0.0
+
     def _moving(self) -> bool:
         return self._motor_on and not self._stalled and self._rate_ul_per_h > 0.0
 

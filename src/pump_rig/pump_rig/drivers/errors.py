@@ -7,7 +7,7 @@ class DeviceError(Exception):
     """Anything that went wrong talking to a device."""
 
 
-class DeviceTimeout(DeviceError):
+class DeviceTimeout(DeviceError):  # noqa: N818 - names fixed by the driver contract
     """No (valid) reply within the allowed time, after any retries."""
 
 
@@ -15,7 +15,7 @@ class DeviceProtocolError(DeviceError):
     """The device answered, but with frames that could not be trusted (corrupted, malformed)."""
 
 
-class DeviceRejected(DeviceError):
+class DeviceRejected(DeviceError):  # noqa: N818 - names fixed by the driver contract
     """The device understood the request and refused it with an error code."""
 
     def __init__(self, code: int, message: str, *, command: str | None = None) -> None:
@@ -26,5 +26,5 @@ class DeviceRejected(DeviceError):
         self.command = command
 
 
-class DeviceDisconnected(DeviceError):
+class DeviceDisconnected(DeviceError):  # noqa: N818 - names fixed by the driver contract
     """The port is missing or vanished (unplugged, powered off, wrong path)."""

@@ -1,0 +1,205 @@
+"""The rig's nodes in one process over real DDS, on mock hardware behind a real pty."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pump_rig_interfaces.msg import DoseStatus, PumpCommand, PumpState
+from pump_rig_interfaces.srv import InjectFault, SetProgram
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+from tests.ros.conftest import PROGRAM, Probe, last
+
+pytestmark = pytest.mark.ros
+
+SPEED = 60.0  # 1 wall second = 1 simulated minute
+
+
+def running(probe: Probe) -> Any:
+    states = probe.watch("pump/state")
+    return probe.wait_for(
+        lambda: (s := last(states)) is not None and s.state == PumpState.RUNNING and s,
+        what="pump RUNNING",
+    )
+
+
+def test_constant_rate_therapy_delivers_what_the_device_reports(make_stack: Any, probe: Probe) -> None:
+    stack = make_stack(speed=SPEED, program=PROGRAM)
+    state = running(probe)
+    assert state.flow_rate_ul_per_h == pytest.approx(20.0)
+    dose = probe.watch("dose")
+    start = state.delivered_volume_ul
+    # Wait for one simulated hour of delivery as the device counts it.
+    probe.wait_for(
+        lambda: (s := last(probe.watch("pump/state"))) and s.delivered_volume_ul - start >= 20.0,
+        timeout_s=120.0, what="20 µL delivered",
+    )
+    last_dose = probe.wait_for(lambda: last(dose), what="dose status")
+    assert last_dose.therapy_state == DoseStatus.RUNNING
+    assert last_dose.program == "baclofen-constant"
+    # Accounted from device volume: never more than the device counter has moved.
+    device = last(probe.watch("pump/state")).delivered_volume_ul
+    assert 0 < last_dose.delivered_volume_ul <= device + 1e-6
+    # The mock's own plunger agrees with the device-reported counter.
+    assert stack.mock is not None
+    assert stack.mock.session.bench.pump.snapshot(stack.mock.sim_now_s()).delivered_ul >= device
+
+
+def test_occlusion_stops_the_pump_through_estop_without_the_controller(
+    make_stack: Any, probe: Probe
+) -> None:
+    # No dosing controller: the test itself commands the pump, then stops talking.
+    stack = make_stack(speed=SPEED, controller=False)
+    command = PumpCommand(action=PumpCommand.INFUSE, flow_rate_ul_per_h=200.0, sequence=1)
+    states = probe.watch("pump/state")
+
+    def heartbeat_then_running() -> bool:
+        probe.publish("pump/command", command)
+        s = last(states)
+        return s is not None and s.state == PumpState.RUNNING
+
+    probe.wait_for(heartbeat_then_running, what="pump RUNNING on the test's command")
+    answer = probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="occlusion"))
+    assert answer.success, answer.message
+
+    def heartbeat_until_estopped() -> bool:
+        probe.publish("pump/command", command)  # the "controller" keeps asking to infuse
+        s = last(states)
+        return s is not None and s.state == PumpState.ESTOPPED
+
+    probe.wait_for(heartbeat_until_estopped, timeout_s=60.0, what="pump ESTOPPED")
+    estop = probe.wait_for(lambda: last(probe.watch("estop")), what="estop message")
+    assert estop.engaged and estop.source.endswith("pressure_monitor")
+    alarms = probe.watch("alarms")
+    probe.wait_for(
+        lambda: any(a.code == "OCCLUSION" and a.severity == 2 and a.active for a in alarms),
+        what="critical OCCLUSION alarm",
+    )
+    # The plunger itself has stopped, although commands to infuse keep coming.
+    assert stack.mock is not None
+    snap = stack.mock.session.snapshot(stack.mock.sim_now_s())
+    assert snap.flow_ul_per_h == 0.0
+
+
+def test_critical_alarm_stops_and_only_clear_plus_resume_restarts(make_stack: Any, probe: Probe) -> None:
+    make_stack(speed=SPEED, program=PROGRAM)
+    running(probe)
+    assert probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="occlusion")).success
+    dose = probe.watch("dose")
+    probe.wait_for(
+        lambda: (d := last(dose)) is not None and d.therapy_state == DoseStatus.ALARM,
+        timeout_s=60.0, what="therapy ALARM",
+    )
+    # Resume is refused while the alarm stands.
+    assert not probe.call(Trigger, "resume", Trigger.Request()).success
+    # The monitor refuses to clear while the line is still occluded.
+    refused = probe.call(Trigger, "pressure_monitor/clear_alarms", Trigger.Request())
+    assert not refused.success and "OCCLUDED" in refused.message
+    assert probe.call(Trigger, "clear_faults", Trigger.Request()).success
+    probe.wait_for(
+        lambda: probe.call(Trigger, "pressure_monitor/clear_alarms", Trigger.Request()).success,
+        timeout_s=60.0, what="monitor to accept the clear once the line is open",
+    )
+    assert probe.call(Trigger, "dosing_controller/clear_alarms", Trigger.Request()).success
+    # Cleared, but not resumed: still stopped.
+    probe.wait_for(
+        lambda: (d := last(dose)) is not None and d.therapy_state == DoseStatus.SUSPENDED,
+        what="therapy SUSPENDED after clear",
+    )
+    state = last(probe.watch("pump/state"))
+    assert state is not None and state.state != PumpState.RUNNING
+    assert probe.call(Trigger, "resume", Trigger.Request()).success
+    running(probe)
+
+
+def test_invalid_program_is_rejected_and_the_running_one_continues(
+    make_stack: Any, probe: Probe
+) -> None:
+    make_stack(speed=SPEED, program=PROGRAM)
+    running(probe)
+    bad = PROGRAM.read_text().replace("daily_dose_ug: 240.0", "daily_dose_ug: -240.0")
+    answer = probe.call(SetProgram, "set_program", SetProgram.Request(program_yaml=bad))
+    assert not answer.success
+    assert "daily_dose_ug" in answer.message
+    dose = probe.watch("dose")
+    d = probe.wait_for(lambda: last(dose), what="dose")
+    assert d.program == "baclofen-constant" and d.basal_rate_ul_per_h == pytest.approx(20.0)
+    assert last(probe.watch("pump/state")).state == PumpState.RUNNING
+
+
+def test_missing_serial_port_is_reported_by_name(make_stack: Any, probe: Probe) -> None:
+    make_stack(port="/dev/pump_rig_no_such_port")
+    states = probe.watch("pump/state")
+    state = probe.wait_for(
+        lambda: (s := last(states)) is not None and s.state == PumpState.DISCONNECTED and s,
+        what="DISCONNECTED state",
+    )
+    assert "/dev/pump_rig_no_such_port" in state.detail
+
+
+def test_driver_refuses_rates_above_its_limit(make_stack: Any, probe: Probe) -> None:
+    make_stack(
+        speed=SPEED,
+        controller=False,
+        extra={"motor_driver": [Parameter("max_rate_ul_per_h", Parameter.Type.DOUBLE, 50.0)]},
+    )
+    states = probe.watch("pump/state")
+    alarms = probe.watch("alarms")
+    command = PumpCommand(action=PumpCommand.INFUSE, flow_rate_ul_per_h=51.0, sequence=1)
+
+    def refused() -> bool:
+        probe.publish("pump/command", command)
+        return any(a.code == "COMMAND_REJECTED" and a.active for a in alarms)
+
+    probe.wait_for(refused, what="COMMAND_REJECTED alarm")
+    s = probe.wait_for(lambda: last(states), what="pump state")
+    assert s.state != PumpState.RUNNING
+    assert "above the driver limit" in s.detail
+
+
+def test_stale_commands_stop_the_pump(make_stack: Any, probe: Probe) -> None:
+    make_stack(speed=SPEED, controller=False)
+    states = probe.watch("pump/state")
+    command = PumpCommand(action=PumpCommand.INFUSE, flow_rate_ul_per_h=100.0, sequence=1)
+
+    def heartbeat_then_running() -> bool:
+        probe.publish("pump/command", command)
+        s = last(states)
+        return s is not None and s.state == PumpState.RUNNING
+
+    probe.wait_for(heartbeat_then_running, what="RUNNING")
+    # Stop sending: the driver must stop by itself and say why.
+    alarms = probe.watch("alarms")
+    probe.wait_for(
+        lambda: any(a.code == "COMMAND_STALE" and a.active for a in alarms),
+        what="COMMAND_STALE alarm",
+    )
+    probe.wait_for(
+        lambda: (s := last(states)) is not None and s.state == PumpState.IDLE,
+        what="pump IDLE after stale commands",
+    )
+
+
+def test_sensor_dropout_raises_sensor_fault_and_estop(make_stack: Any, probe: Probe) -> None:
+    make_stack(speed=SPEED, program=PROGRAM)
+    running(probe)
+    assert probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="sensor_dropout")).success
+    alarms = probe.watch("alarms")
+    probe.wait_for(
+        lambda: any(a.code == "SENSOR_FAULT" and a.active and a.severity == 2 for a in alarms),
+        timeout_s=60.0, what="SENSOR_FAULT alarm",
+    )
+    probe.wait_for(
+        lambda: (s := last(probe.watch("pump/state"))) is not None
+        and s.state == PumpState.ESTOPPED,
+        what="ESTOPPED",
+    )
+
+
+def test_unknown_fault_kind_is_refused_by_name(make_stack: Any, probe: Probe) -> None:
+    make_stack(speed=SPEED)
+    answer = probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="gremlins"))
+    assert not answer.success
+    assert "gremlins" in answer.message and "occlusion" in answer.message
