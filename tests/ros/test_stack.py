@@ -15,6 +15,9 @@ from tests.ros.conftest import PROGRAM, Probe, last
 pytestmark = pytest.mark.ros
 
 SPEED = 60.0  # 1 wall second = 1 simulated minute
+# Occlusion at 20 µL/h into ~1 µL/kPa needs ~30 simulated minutes to build 10 kPa: run those
+# tests at 10 simulated minutes per wall second.
+FAST = 600.0
 
 
 def running(probe: Probe) -> Any:
@@ -26,15 +29,15 @@ def running(probe: Probe) -> Any:
 
 
 def test_constant_rate_therapy_delivers_what_the_device_reports(make_stack: Any, probe: Probe) -> None:
-    stack = make_stack(speed=SPEED, program=PROGRAM)
+    stack = make_stack(speed=600.0, program=PROGRAM)
     state = running(probe)
     assert state.flow_rate_ul_per_h == pytest.approx(20.0)
     dose = probe.watch("dose")
     start = state.delivered_volume_ul
-    # Wait for one simulated hour of delivery as the device counts it.
+    # Wait for one simulated hour of delivery as the device counts it (6 s of wall time).
     probe.wait_for(
         lambda: (s := last(probe.watch("pump/state"))) and s.delivered_volume_ul - start >= 20.0,
-        timeout_s=120.0, what="20 µL delivered",
+        timeout_s=60.0, what="20 µL delivered",
     )
     last_dose = probe.wait_for(lambda: last(dose), what="dose status")
     assert last_dose.therapy_state == DoseStatus.RUNNING
@@ -42,9 +45,10 @@ def test_constant_rate_therapy_delivers_what_the_device_reports(make_stack: Any,
     # Accounted from device volume: never more than the device counter has moved.
     device = last(probe.watch("pump/state")).delivered_volume_ul
     assert 0 < last_dose.delivered_volume_ul <= device + 1e-6
-    # The mock's own plunger agrees with the device-reported counter.
+    # The plunger itself has moved at least what the device reported (the wire carries 6
+    # decimals, hence the tolerance) and about the rate times the time it ran.
     assert stack.mock is not None
-    assert stack.mock.session.bench.pump.snapshot(stack.mock.sim_now_s()).delivered_ul >= device
+    assert stack.mock.pump_snapshot().delivered_ul >= device - 1e-6
 
 
 def test_occlusion_stops_the_pump_through_estop_without_the_controller(
@@ -79,12 +83,11 @@ def test_occlusion_stops_the_pump_through_estop_without_the_controller(
     )
     # The plunger itself has stopped, although commands to infuse keep coming.
     assert stack.mock is not None
-    snap = stack.mock.session.snapshot(stack.mock.sim_now_s())
-    assert snap.flow_ul_per_h == 0.0
+    assert stack.mock.pump_snapshot().flow_ul_per_h == 0.0
 
 
 def test_critical_alarm_stops_and_only_clear_plus_resume_restarts(make_stack: Any, probe: Probe) -> None:
-    make_stack(speed=SPEED, program=PROGRAM)
+    make_stack(speed=FAST, program=PROGRAM)
     running(probe)
     assert probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="occlusion")).success
     dose = probe.watch("dose")
@@ -154,9 +157,11 @@ def test_driver_refuses_rates_above_its_limit(make_stack: Any, probe: Probe) -> 
         return any(a.code == "COMMAND_REJECTED" and a.active for a in alarms)
 
     probe.wait_for(refused, what="COMMAND_REJECTED alarm")
-    s = probe.wait_for(lambda: last(states), what="pump state")
+    s = probe.wait_for(
+        lambda: (s := last(states)) is not None and "above the driver limit" in s.detail and s,
+        what="pump/state saying why",
+    )
     assert s.state != PumpState.RUNNING
-    assert "above the driver limit" in s.detail
 
 
 def test_stale_commands_stop_the_pump(make_stack: Any, probe: Probe) -> None:

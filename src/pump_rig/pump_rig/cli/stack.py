@@ -1,6 +1,8 @@
 """The whole rig in one process (``pumprig up`` / ``pumprig demo``).
 
-The same node classes as the separate executables, on one multi-threaded executor, with the
+The same node classes as the separate executables, each spun by its own single-threaded
+executor on its own thread (as if in its own process: a node blocked on serial I/O cannot delay
+another, and rclpy's MultiThreadedExecutor busy-waits on busy callback groups), with the
 parameters of a ROS parameter file (``config/mock.yaml`` by default). Mock hardware by default;
 with a real ``port`` the mock is left out and the motor driver talks to that device.
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -91,10 +93,8 @@ class Stack:
         except BaseException:
             self.shutdown()
             raise
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
-        for node in self.nodes:
-            self.executor.add_node(node)
-        self._thread: threading.Thread | None = None
+        self._executors: list[SingleThreadedExecutor] = []
+        self._threads: list[threading.Thread] = []
 
     def _make(self, factory: Callable[..., Node], name: str, overrides: list[Parameter]) -> Node:
         node = factory(
@@ -139,12 +139,19 @@ class Stack:
         return next(n for n in self.nodes if n.get_name() == name)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._spin, name="pumprig-executor", daemon=True)
-        self._thread.start()
+        for node in self.nodes:
+            executor = SingleThreadedExecutor(context=self.context)
+            executor.add_node(node)
+            thread = threading.Thread(
+                target=self._spin, args=(executor,), name=node.get_name(), daemon=True
+            )
+            self._executors.append(executor)
+            self._threads.append(thread)
+            thread.start()
 
-    def _spin(self) -> None:
+    def _spin(self, executor: SingleThreadedExecutor) -> None:
         try:
-            self.executor.spin()
+            executor.spin()
         except Exception:  # context shut down while spinning
             if self.context.ok():
                 raise
@@ -160,15 +167,11 @@ class Stack:
             close = getattr(node, "close", None)
             if callable(close):
                 close()
-        if hasattr(self, "executor"):
-            self.executor.shutdown(timeout_sec=5.0)
+        for executor in getattr(self, "_executors", []):
+            executor.shutdown(timeout_sec=5.0)
+        for thread in getattr(self, "_threads", []):
+            thread.join(timeout=5.0)
         for node in self.nodes:
             node.destroy_node()
         self.nodes = []
-        if self._thread_alive():
-            assert self._thread is not None
-            self._thread.join(timeout=5.0)
         rclpy.try_shutdown(context=self.context)
-
-    def _thread_alive(self) -> bool:
-        return getattr(self, "_thread", None) is not None and self._thread.is_alive()  # type: ignore[union-attr]

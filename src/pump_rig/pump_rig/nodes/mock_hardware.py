@@ -32,6 +32,7 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.sim_clock import SimClock
+from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.drivers.pty_device import PtySerialDevice
 from pump_rig.nodes.contract import QOS_FAULTS, QOS_PRESSURE
@@ -60,9 +61,7 @@ def default_port_link(namespace: str) -> str:
 class MockHardware(Node):
     def __init__(self, **kwargs: Any) -> None:
         # This node is the time source; it never listens to /clock itself.
-        overrides = [
-            p for p in kwargs.pop("parameter_overrides", []) if p.name != "use_sim_time"
-        ]
+        overrides = [p for p in kwargs.pop("parameter_overrides", []) if p.name != "use_sim_time"]
         super().__init__("mock_hardware", parameter_overrides=overrides, **kwargs)
         self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
         self.params = ParamSet(
@@ -80,6 +79,11 @@ class MockHardware(Node):
                 ParamSpec(
                     "sample_period_s", 1.0, "Pressure sample period (simulated time)", 0.001, 3600.0,
                     read_only=True,
+                ),
+                ParamSpec(
+                    "max_samples_per_wall_s", 200.0,
+                    "Accelerated runs lengthen the sample period so that no more samples than "
+                    "this are published per wall second", 1.0, 10000.0, read_only=True,
                 ),
                 ParamSpec(
                     "update_period_s", 0.01,
@@ -108,10 +112,12 @@ class MockHardware(Node):
         self.publishes_clock = not math.isclose(speed, 1.0)
         self._lock = threading.Lock()
         t0 = self.clock.now_s()
+        sample_period_s = max(
+            float(self.params.get("sample_period_s")),
+            speed / float(self.params.get("max_samples_per_wall_s")),
+        )
         self.session = BenchSession(
-            BenchModel(params, t0_s=t0),
-            sample_period_s=float(self.params.get("sample_period_s")),
-            t0_s=t0,
+            BenchModel(params, t0_s=t0), sample_period_s=sample_period_s, t0_s=t0
         )
         self.emulator = StepperEmulator(
             self.session, pressure_source=None, seed=int(self.params.get("seed"))
@@ -146,6 +152,11 @@ class MockHardware(Node):
 
     def sim_now_s(self) -> float:
         return self.clock.now_s()
+
+    def pump_snapshot(self) -> PumpSnapshot:
+        """The plunger as the physics has it now (ground truth, for tests and the demo)."""
+        with self._lock:
+            return self.session.snapshot(self.clock.now_s())
 
     def _update(self) -> None:
         with self._lock:

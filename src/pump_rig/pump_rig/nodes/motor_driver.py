@@ -100,6 +100,7 @@ class MotorDriver(LifecycleNode):
         self._failed_polls = 0
         self._last_error = ""
         self._conditions: dict[str, bool] = {}
+        self._closing = False
 
         self._state_pub = self.create_publisher(PumpState, "pump/state", QOS_STATE)
         self._alarm_pub = self.create_publisher(Alarm, "alarms", QOS_ALARMS)
@@ -224,7 +225,7 @@ class MotorDriver(LifecycleNode):
                 f"no pump/command for more than {self.policy.limits.command_timeout_s:g} s",
             )
         if self._device is None:
-            if self._state_machine.current_state[1] in ("inactive", "active"):
+            if not self._closing and self._state_machine.current_state[1] in ("inactive", "active"):
                 self._try_reconnect()
             self._publish_state()
             return
@@ -332,8 +333,6 @@ class MotorDriver(LifecycleNode):
         if self._conditions.get(code, False) == active:
             return
         self._conditions[code] = active
-        if not active and code not in self._conditions:
-            return
         self._alarm_pub.publish(
             Alarm(
                 header=Header(stamp=s_to_stamp(now_s(self))),
@@ -384,6 +383,7 @@ class MotorDriver(LifecycleNode):
 
     def close(self) -> None:
         """Stop the pump and close the port (shutdown)."""
+        self._closing = True
         self._stop_device("shutdown")
         self._disconnect()
 

@@ -166,8 +166,10 @@ class PressureMonitor(Node):
                 reason=reason,
             )
         )
-        log = self.get_logger().error if engaged else self.get_logger().info
-        log(f"estop {'ENGAGED' if engaged else 'released'}: {reason}")
+        if engaged:
+            self.get_logger().error(f"estop ENGAGED: {reason}")
+        else:
+            self.get_logger().info(f"estop released: {reason}")
 
     def _publish_alarm(self, record: AlarmRecord) -> None:
         self._alarm_pub.publish(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -17,7 +17,9 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> Non
     node: Node | None = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor()
+        # Callbacks of a node run one at a time (the default callback group), so one thread
+        # is all it can use; rclpy's MultiThreadedExecutor would busy-wait.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
