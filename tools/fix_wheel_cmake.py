@@ -26,9 +26,7 @@ def local_paths() -> dict[str, str]:
 
 
 def rewrite(text: str, paths: dict[str, str]) -> str:
-    text = re.sub(
-        BUILDER_PREFIX.pattern + r"/include/python3\.\d+", paths["python_include"], text
-    )
+    text = re.sub(BUILDER_PREFIX.pattern + r"/include/python3\.\d+", paths["python_include"], text)
     return re.sub(
         BUILDER_PREFIX.pattern + r"/lib/python3\.\d+/site-packages/numpy/_core/include",
         paths["numpy_include"],

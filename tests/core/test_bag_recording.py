@@ -30,7 +30,7 @@ def _header(typestore: Any, t_s: float) -> Any:
     Time = typestore.types["builtin_interfaces/msg/Time"]
     Header = typestore.types["std_msgs/msg/Header"]
     sec = int(t_s)
-    return Header(stamp=Time(sec=sec, nanosec=int(round((t_s - sec) * 1e9))), frame_id="")
+    return Header(stamp=Time(sec=sec, nanosec=round((t_s - sec) * 1e9)), frame_id="")
 
 
 def _write_run(path: Path, typestore: Any) -> None:
@@ -59,29 +59,77 @@ def _write_run(path: Path, typestore: Any) -> None:
 
     def state(t: float, s: int, vol: float) -> Any:
         return PumpState(
-            header=_header(ts, t), state=s, flow_rate_ul_per_h=20.0, delivered_volume_ul=vol,
-            syringe_remaining_ul=1000.0, last_sequence=1, device="mock", detail="",
+            header=_header(ts, t),
+            state=s,
+            flow_rate_ul_per_h=20.0,
+            delivered_volume_ul=vol,
+            syringe_remaining_ul=1000.0,
+            last_sequence=1,
+            device="mock",
+            detail="",
         )
 
     put("/rig/pump/state", T0, state(T0, 1, 100.0))
     put("/rig/pump/state", T0 + 3600, state(T0 + 3600, 1, 120.0))
-    put("/rig/bench/faults", T0 + 3600, FaultEvent(header=_header(ts, T0 + 3600), kind="occlusion",
-                                                    active=True, magnitude=0.0, message="injected"))
+    put(
+        "/rig/bench/faults",
+        T0 + 3600,
+        FaultEvent(
+            header=_header(ts, T0 + 3600),
+            kind="occlusion",
+            active=True,
+            magnitude=0.0,
+            message="injected",
+        ),
+    )
     for i, p in enumerate([1.5, 6.0, 12.0]):
         t = T0 + 3600 + 600 * (i + 1)
-        put("/rig/pressure", t, FluidPressure(header=_header(ts, t), fluid_pressure=p * 1000, variance=0.0))
+        put(
+            "/rig/pressure",
+            t,
+            FluidPressure(header=_header(ts, t), fluid_pressure=p * 1000, variance=0.0),
+        )
     t_alarm = T0 + 3600 + 1800
-    put("/rig/alarms", t_alarm, Alarm(header=_header(ts, t_alarm), severity=2, code="OCCLUSION",
-                                      active=True, source="/rig/pressure_monitor", message="rise"))
-    put("/rig/estop", t_alarm, EmergencyStop(header=_header(ts, t_alarm), engaged=True,
-                                             source="/rig/pressure_monitor", reason="OCCLUSION"))
+    put(
+        "/rig/alarms",
+        t_alarm,
+        Alarm(
+            header=_header(ts, t_alarm),
+            severity=2,
+            code="OCCLUSION",
+            active=True,
+            source="/rig/pressure_monitor",
+            message="rise",
+        ),
+    )
+    put(
+        "/rig/estop",
+        t_alarm,
+        EmergencyStop(
+            header=_header(ts, t_alarm),
+            engaged=True,
+            source="/rig/pressure_monitor",
+            reason="OCCLUSION",
+        ),
+    )
     put("/rig/pump/state", t_alarm + 10, state(t_alarm + 10, 5, 130.0))
-    put("/rig/dose", t_alarm + 20, DoseStatus(
-        header=_header(ts, t_alarm + 20), therapy_state=2, program="p", drug="baclofen",
-        concentration_ug_per_ml=500.0, basal_rate_ul_per_h=20.0, delivered_volume_ul=30.0,
-        delivered_dose_24h_ug=15.0, reservoir_volume_ul=900.0, boluses_24h=0,
-        prescribed_volume_ul=31.0,
-    ))
+    put(
+        "/rig/dose",
+        t_alarm + 20,
+        DoseStatus(
+            header=_header(ts, t_alarm + 20),
+            therapy_state=2,
+            program="p",
+            drug="baclofen",
+            concentration_ug_per_ml=500.0,
+            basal_rate_ul_per_h=20.0,
+            delivered_volume_ul=30.0,
+            delivered_dose_24h_ug=15.0,
+            reservoir_volume_ul=900.0,
+            boluses_24h=0,
+            prescribed_volume_ul=31.0,
+        ),
+    )
     bag.close()
 
 

@@ -120,7 +120,9 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="max_rate_ul_per_h"):
         DriveLimits(max_rate_ul_per_h=0.0, max_volume_per_command_ul=1.0, command_timeout_s=1.0)
     with pytest.raises(ValueError, match="command_timeout_s"):
-        DriveLimits(max_rate_ul_per_h=1.0, max_volume_per_command_ul=1.0, command_timeout_s=math.nan)
+        DriveLimits(
+            max_rate_ul_per_h=1.0, max_volume_per_command_ul=1.0, command_timeout_s=math.nan
+        )
 
 
 events = st.one_of(

@@ -28,7 +28,9 @@ def running(probe: Probe) -> Any:
     )
 
 
-def test_constant_rate_therapy_delivers_what_the_device_reports(make_stack: Any, probe: Probe) -> None:
+def test_constant_rate_therapy_delivers_what_the_device_reports(
+    make_stack: Any, probe: Probe
+) -> None:
     stack = make_stack(speed=600.0, program=PROGRAM)
     state = running(probe)
     assert state.flow_rate_ul_per_h == pytest.approx(20.0)
@@ -37,7 +39,8 @@ def test_constant_rate_therapy_delivers_what_the_device_reports(make_stack: Any,
     # Wait for one simulated hour of delivery as the device counts it (6 s of wall time).
     probe.wait_for(
         lambda: (s := last(probe.watch("pump/state"))) and s.delivered_volume_ul - start >= 20.0,
-        timeout_s=60.0, what="20 µL delivered",
+        timeout_s=60.0,
+        what="20 µL delivered",
     )
     last_dose = probe.wait_for(lambda: last(dose), what="dose status")
     assert last_dose.therapy_state == DoseStatus.RUNNING
@@ -86,14 +89,17 @@ def test_occlusion_stops_the_pump_through_estop_without_the_controller(
     assert stack.mock.pump_snapshot().flow_ul_per_h == 0.0
 
 
-def test_critical_alarm_stops_and_only_clear_plus_resume_restarts(make_stack: Any, probe: Probe) -> None:
+def test_critical_alarm_stops_and_only_clear_plus_resume_restarts(
+    make_stack: Any, probe: Probe
+) -> None:
     make_stack(speed=FAST, program=PROGRAM)
     running(probe)
     assert probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="occlusion")).success
     dose = probe.watch("dose")
     probe.wait_for(
         lambda: (d := last(dose)) is not None and d.therapy_state == DoseStatus.ALARM,
-        timeout_s=60.0, what="therapy ALARM",
+        timeout_s=60.0,
+        what="therapy ALARM",
     )
     # Resume is refused while the alarm stands.
     assert not probe.call(Trigger, "resume", Trigger.Request()).success
@@ -103,7 +109,8 @@ def test_critical_alarm_stops_and_only_clear_plus_resume_restarts(make_stack: An
     assert probe.call(Trigger, "clear_faults", Trigger.Request()).success
     probe.wait_for(
         lambda: probe.call(Trigger, "pressure_monitor/clear_alarms", Trigger.Request()).success,
-        timeout_s=60.0, what="monitor to accept the clear once the line is open",
+        timeout_s=60.0,
+        what="monitor to accept the clear once the line is open",
     )
     assert probe.call(Trigger, "dosing_controller/clear_alarms", Trigger.Request()).success
     # Cleared, but not resumed: still stopped.
@@ -190,15 +197,19 @@ def test_stale_commands_stop_the_pump(make_stack: Any, probe: Probe) -> None:
 def test_sensor_dropout_raises_sensor_fault_and_estop(make_stack: Any, probe: Probe) -> None:
     make_stack(speed=SPEED, program=PROGRAM)
     running(probe)
-    assert probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="sensor_dropout")).success
+    assert probe.call(
+        InjectFault, "inject_fault", InjectFault.Request(kind="sensor_dropout")
+    ).success
     alarms = probe.watch("alarms")
     probe.wait_for(
         lambda: any(a.code == "SENSOR_FAULT" and a.active and a.severity == 2 for a in alarms),
-        timeout_s=60.0, what="SENSOR_FAULT alarm",
+        timeout_s=60.0,
+        what="SENSOR_FAULT alarm",
     )
     probe.wait_for(
-        lambda: (s := last(probe.watch("pump/state"))) is not None
-        and s.state == PumpState.ESTOPPED,
+        lambda: (
+            (s := last(probe.watch("pump/state"))) is not None and s.state == PumpState.ESTOPPED
+        ),
         what="ESTOPPED",
     )
 

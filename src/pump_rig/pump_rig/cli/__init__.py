@@ -1,1 +1,1 @@
-"""The pumprig command line: the whole stack in one process, and tools that talk to a running rig."""
+"""The pumprig command line: the whole stack in one process, and tools for a running rig."""

@@ -13,7 +13,7 @@ from rclpy.qos import QoSProfile
 from pump_rig.nodes.contract import TOPICS_BY_NAME
 
 
-class RigUnreachable(Exception):
+class RigUnreachableError(Exception):
     """No rig answered: not running, another namespace, or another ROS_DOMAIN_ID."""
 
 
@@ -33,11 +33,11 @@ class RigClient:
         return name if name.startswith("/") else f"{self.namespace}/{name}"
 
     def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 5.0) -> Any:
-        """Call a service; RigUnreachable when nobody serves it within the timeout."""
+        """Call a service; RigUnreachableError when nobody serves it within the timeout."""
         client = self.node.create_client(srv_type, self.full(name))
         try:
             if not client.wait_for_service(timeout_sec=timeout_s):
-                raise RigUnreachable(
+                raise RigUnreachableError(
                     f"service {self.full(name)} not available (is the rig running in this "
                     f"namespace and ROS_DOMAIN_ID?)"
                 )
@@ -46,7 +46,9 @@ class RigClient:
                 self.node, future, timeout_sec=timeout_s, executor=self._executor()
             )
             if not future.done():
-                raise RigUnreachable(f"service {self.full(name)} did not answer in {timeout_s:g} s")
+                raise RigUnreachableError(
+                    f"service {self.full(name)} did not answer in {timeout_s:g} s"
+                )
             return future.result()
         finally:
             self.node.destroy_client(client)

@@ -30,7 +30,9 @@ def run_demo(args: argparse.Namespace) -> None:
         f"{fault.value} at hour {args.fault_at:g}; recording to {bag}"
     )
     wall0 = time.monotonic()
-    stack = Stack(StackOptions(namespace=args.namespace, speed=args.speed, program=program, record=bag))
+    stack = Stack(
+        StackOptions(namespace=args.namespace, speed=args.speed, program=program, record=bag)
+    )
     client: RigClient | None = None
     try:
         stack.start()

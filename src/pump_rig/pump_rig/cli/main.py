@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -44,26 +45,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pumprig", description="Run and operate the pump_rig intrathecal pump bench rig."
     )
-    parser.add_argument(
-        "-n", "--namespace", default="/rig", help="rig namespace (default: /rig)"
-    )
+    parser.add_argument("-n", "--namespace", default="/rig", help="rig namespace (default: /rig)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the whole stack in one process (mock hardware by default)")
-    up.add_argument("--config", type=_existing_file, help="ROS parameter file (default: config/mock.yaml)")
+    up.add_argument(
+        "--config", type=_existing_file, help="ROS parameter file (default: config/mock.yaml)"
+    )
     up.add_argument("--speed", type=_positive_float, help="simulated seconds per wall second")
-    up.add_argument("--duration", type=_positive_float, metavar="SIM_S",
-                    help="stop after this much simulated time (default: run until Ctrl-C)")
+    up.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SIM_S",
+        help="stop after this much simulated time (default: run until Ctrl-C)",
+    )
     up.add_argument("--record", type=Path, metavar="DIR", help="record a bag under DIR")
     up.add_argument("--program", type=_existing_file, help="therapy program to start with")
     up.add_argument("--port", help="serial port of a real pump (no mock hardware)")
 
     demo = sub.add_parser("demo", help="24 h of simulated therapy with an occlusion at hour 12")
-    demo.add_argument("--speed", type=_positive_float, default=1800.0,
-                      help="simulated seconds per wall second (default: 1800)")
+    demo.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=1800.0,
+        help="simulated seconds per wall second (default: 1800)",
+    )
     demo.add_argument("--hours", type=_positive_float, default=24.0, help="simulated hours (24)")
-    demo.add_argument("--fault-at", type=_positive_float, default=12.0, metavar="HOURS",
-                      help="when the occlusion is injected (hour 12)")
+    demo.add_argument(
+        "--fault-at",
+        type=_positive_float,
+        default=12.0,
+        metavar="HOURS",
+        help="when the occlusion is injected (hour 12)",
+    )
     demo.add_argument("--fault", default="occlusion", help="fault kind to inject (occlusion)")
     demo.add_argument("--runs", type=Path, default=Path("runs"), help="where the bag goes (runs/)")
 
@@ -79,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("resume", help="resume therapy (refused while a critical alarm is active)")
 
     alarms = sub.add_parser("alarms", help="list latched alarms")
-    alarms.add_argument("--clear", action="store_true",
-                        help="clear alarms and release the estop (therapy then needs resume)")
+    alarms.add_argument(
+        "--clear",
+        action="store_true",
+        help="clear alarms and release the estop (therapy then needs resume)",
+    )
 
     fault = sub.add_parser("fault", help="inject or clear mock-hardware faults")
     fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="ACTION")
@@ -135,13 +152,16 @@ def cmd_program(args: argparse.Namespace) -> None:
         finally:
             client.close()
         return
-    from pump_rig.core.program import load_program_file
     from pump_rig_interfaces.srv import SetProgram
+
+    from pump_rig.core.program import load_program_file
 
     program = load_program_file(args.file)  # a bad file is refused here, before any ROS traffic
     client = _client(args)
     try:
-        response = client.call(SetProgram, "set_program", SetProgram.Request(program_yaml=args.file.read_text()))
+        response = client.call(
+            SetProgram, "set_program", SetProgram.Request(program_yaml=args.file.read_text())
+        )
     finally:
         client.close()
     if not response.success:
@@ -215,8 +235,12 @@ def cmd_up(args: argparse.Namespace) -> None:
     record = args.record / time.strftime("rig_%Y%m%d_%H%M%S") if args.record else None
     stack = Stack(
         StackOptions(
-            namespace=args.namespace, config=args.config, speed=args.speed,
-            program=args.program, record=record, port=args.port,
+            namespace=args.namespace,
+            config=args.config,
+            speed=args.speed,
+            program=args.program,
+            record=record,
+            port=args.port,
         )
     )
     stopping = {"now": False}
@@ -224,7 +248,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     stack.start()
     t0 = stack.sim_now_s()
     where = f"mock pump on {stack.mock.port}" if stack.mock else f"pump on {args.port}"
-    print(f"pumprig up: rig in {args.namespace}, {where}" + (f", recording to {record}" if record else ""))
+    print(
+        f"pumprig up: rig in {args.namespace}, {where}"
+        + (f", recording to {record}" if record else "")
+    )
     print("Ctrl-C to stop")
     try:
         while not stopping["now"]:
@@ -286,14 +313,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pump_rig.cli.client import RigUnreachable
+    from pump_rig.cli.client import RigUnreachableError
     from pump_rig.core.bag_recording import RecordingError
     from pump_rig.core.bag_report import ReportError
     from pump_rig.drivers.errors import DeviceError
 
     try:
         COMMANDS[args.command](args)
-    except (CliError, RigUnreachable, ReportError, RecordingError, DeviceError, ValueError, OSError) as exc:
+    except (
+        CliError,
+        RigUnreachableError,
+        ReportError,
+        RecordingError,
+        DeviceError,
+        ValueError,
+        OSError,
+    ) as exc:
+        if os.environ.get("PUMPRIG_DEBUG"):
+            raise
         print(f"pumprig {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -52,9 +52,7 @@ def watchdog_overrides(speed: float) -> dict[str, list[Parameter]]:
     sim_s = WATCHDOG_WALL_S * speed
     return {
         "motor_driver": [Parameter("command_timeout_s", Parameter.Type.DOUBLE, sim_s)],
-        "pressure_monitor": [
-            Parameter("detector.sample_timeout_s", Parameter.Type.DOUBLE, sim_s)
-        ],
+        "pressure_monitor": [Parameter("detector.sample_timeout_s", Parameter.Type.DOUBLE, sim_s)],
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pump_rig.cli.client import RigClient, RigUnreachable
+from pump_rig.cli.client import RigClient, RigUnreachableError
 from pump_rig.core.bag_report import PUMP_STATE_NAMES, SEVERITY_NAMES, THERAPY_STATE_NAMES
 
 LINE_STATE_NAMES = {0: "OK", 1: "SUSPECTED", 2: "OCCLUDED", 3: "LEAK", 4: "SENSOR_FAULT"}
@@ -13,7 +13,7 @@ LINE_STATE_NAMES = {0: "OK", 1: "SUSPECTED", 2: "OCCLUDED", 3: "LEAK", 4: "SENSO
 def _dose(client: RigClient) -> Any:
     dose = client.latest("dose")
     if dose is None:
-        raise RigUnreachable(
+        raise RigUnreachableError(
             f"no dose status on {client.full('dose')} (is the rig running in this namespace "
             f"and ROS_DOMAIN_ID?)"
         )
@@ -47,14 +47,16 @@ def status_lines(client: RigClient) -> list[str]:
     if state is not None:
         lines.append(
             f"pump           {PUMP_STATE_NAMES.get(state.state, '?')} at "
-            f"{state.flow_rate_ul_per_h:.3f} µL/h; device counter {state.delivered_volume_ul:.3f} µL"
+            f"{state.flow_rate_ul_per_h:.3f} µL/h; "
+            f"device counter {state.delivered_volume_ul:.3f} µL"
             + (f"; {state.detail}" if state.detail else "")
         )
     else:
         lines.append("pump           no pump/state (motor_driver not running?)")
     if line is not None:
         lines.append(
-            f"line           {LINE_STATE_NAMES.get(line.state, '?')} at {line.pressure_kpa:.2f} kPa "
+            f"line           {LINE_STATE_NAMES.get(line.state, '?')} "
+            f"at {line.pressure_kpa:.2f} kPa "
             f"(baseline {line.baseline_kpa:.2f} kPa)"
         )
     lines.append(

@@ -31,7 +31,9 @@ class AlarmLatch:
     def __init__(self) -> None:
         self._active: dict[str, AlarmRecord] = {}
 
-    def raise_alarm(self, t_s: float, code: str, severity: Severity, message: str) -> AlarmRecord | None:
+    def raise_alarm(
+        self, t_s: float, code: str, severity: Severity, message: str
+    ) -> AlarmRecord | None:
         """Latch ``code``. Returns the record to publish, or None if it was already latched at
         this severity or higher (no repeated alarm storms)."""
         current = self._active.get(code)

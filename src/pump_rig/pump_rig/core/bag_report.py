@@ -17,7 +17,14 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 SEVERITY_NAMES = {0: "INFO", 1: "WARNING", 2: "CRITICAL"}
-PUMP_STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "STALLED", 3: "FAULT", 4: "DISCONNECTED", 5: "ESTOPPED"}
+PUMP_STATE_NAMES = {
+    0: "IDLE",
+    1: "RUNNING",
+    2: "STALLED",
+    3: "FAULT",
+    4: "DISCONNECTED",
+    5: "ESTOPPED",
+}
 THERAPY_STATE_NAMES = {0: "RUNNING", 1: "SUSPENDED", 2: "ALARM", 3: "EMPTY", 4: "NO_PROGRAM"}
 
 
@@ -161,17 +168,31 @@ def _take(report: RunReport, kind: str, msg: Any, t_ns: int) -> None:
             if math.isnan(report.device_delivered_first_ul):
                 report.device_delivered_first_ul = msg.delivered_volume_ul
             report.device_delivered_last_ul = msg.delivered_volume_ul
-        if fault is not None and report.pump_stopped_s is None and msg.state != 1 and t_s >= fault.t_s:
+        if (
+            fault is not None
+            and report.pump_stopped_s is None
+            and msg.state != 1
+            and t_s >= fault.t_s
+        ):
             report.pump_stopped_s = t_s
             report.pump_stopped_state = PUMP_STATE_NAMES.get(msg.state, str(msg.state))
     elif kind == "PumpCommand":
-        if fault is not None and report.controller_stop_s is None and msg.action == 0 and t_s >= fault.t_s:
+        if (
+            fault is not None
+            and report.controller_stop_s is None
+            and msg.action == 0
+            and t_s >= fault.t_s
+        ):
             report.controller_stop_s = t_s
     elif kind == "Alarm":
         report.alarms.append(
             AlarmLine(
-                t_s, msg.code, SEVERITY_NAMES.get(msg.severity, str(msg.severity)),
-                bool(msg.active), msg.source, msg.message,
+                t_s,
+                msg.code,
+                SEVERITY_NAMES.get(msg.severity, str(msg.severity)),
+                bool(msg.active),
+                msg.source,
+                msg.message,
             )
         )
     elif kind == "EmergencyStop":
@@ -188,7 +209,8 @@ def _take(report: RunReport, kind: str, msg: Any, t_ns: int) -> None:
         pressure_kpa = msg.fluid_pressure / 1000.0
         if math.isfinite(pressure_kpa):
             report.max_pressure_kpa = (
-                pressure_kpa if math.isnan(report.max_pressure_kpa)
+                pressure_kpa
+                if math.isnan(report.max_pressure_kpa)
                 else max(report.max_pressure_kpa, pressure_kpa)
             )
 
@@ -236,7 +258,11 @@ def format_report(report: RunReport) -> str:
         lines.append(f"fault     {fault.kind} injected at +{format_duration(rel)}")
         alarm = report.first_alarm_after(fault.t_s)
         critical = next(
-            (a for a in report.alarms if a.active and a.t_s >= fault.t_s and a.severity == "CRITICAL"),
+            (
+                a
+                for a in report.alarms
+                if a.active and a.t_s >= fault.t_s and a.severity == "CRITICAL"
+            ),
             None,
         )
         for label, line in (("first alarm", alarm), ("critical", critical)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 
@@ -51,3 +52,10 @@ RIG_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("bench/faults", "pump_rig_interfaces/msg/FaultEvent", QOS_FAULTS),
 )
 TOPICS_BY_NAME = {spec.name: spec for spec in RIG_TOPICS}
+
+
+# rclpy attaches incompatible-QoS event handlers to every publisher and subscription by default;
+# each is a waitable the executor re-adds to its wait set on every wake-up, which dominated the
+# CPU of accelerated runs. The rig's QoS is fixed by this contract, so nodes go without them.
+NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)

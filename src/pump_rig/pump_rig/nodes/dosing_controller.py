@@ -21,6 +21,8 @@ from pump_rig.core.alarm_latch import Severity
 from pump_rig.core.dosing import AlarmEvent, CommandIntent, DosingCore, TherapyError
 from pump_rig.core.program import ProgramError, TherapyProgram, load_program_file, parse_program
 from pump_rig.nodes.contract import (
+    NO_PUB_EVENTS,
+    NO_SUB_EVENTS,
     QOS_ALARMS,
     QOS_COMMAND,
     QOS_DOSE,
@@ -28,7 +30,7 @@ from pump_rig.nodes.contract import (
     QOS_STATE,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
-from pump_rig.nodes.ros_time import now_s, s_to_stamp, stamp_to_s
+from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s
 
 # Line states that stop delivery even if the monitor's alarm message were lost.
 _UNSAFE_LINE = {
@@ -45,41 +47,76 @@ class DosingController(Node):
             self,
             [
                 ParamSpec(
-                    "program_file", "",
+                    "program_file",
+                    "",
                     "Therapy program YAML loaded at start ('' = start with no program)",
                     read_only=True,
                 ),
                 ParamSpec(
-                    "control_period_s", 1.0,
-                    "Command heartbeat and dose status period (ROS time)", 0.01, 60.0,
+                    "control_period_s",
+                    1.0,
+                    "Command heartbeat and dose status period (ROS time)",
+                    0.01,
+                    60.0,
                     read_only=True,
                 ),
                 ParamSpec(
-                    "max_rate_ul_per_h", 1000.0,
+                    "max_rate_ul_per_h",
+                    1000.0,
                     "Highest basal rate a program may ask for (the device's maximum)",
-                    0.001, 100000.0, read_only=True,
+                    0.001,
+                    100000.0,
+                    read_only=True,
                 ),
             ],
         )
-        t_s = now_s(self)
-        program = self._initial_program()
-        self.core = DosingCore(t_s=t_s, program=program)
+        self._program_at_start = self._initial_program()
+        # Created at the first tick with valid ROS time (with sim time, time is 0 until /clock).
+        self._core: DosingCore | None = None
         self._sequence = 0
         self._last_intent: CommandIntent | None = None
 
-        self._command_pub = self.create_publisher(PumpCommand, "pump/command", QOS_COMMAND)
-        self._dose_pub = self.create_publisher(DoseStatus, "dose", QOS_DOSE)
-        self._alarm_pub = self.create_publisher(Alarm, "alarms", QOS_ALARMS)
-        self.create_subscription(PumpState, "pump/state", self._on_pump_state, QOS_STATE)
-        self.create_subscription(Alarm, "alarms", self._on_alarm, QOS_ALARMS)
-        self.create_subscription(OcclusionStatus, "occlusion", self._on_occlusion, QOS_OCCLUSION)
+        self._command_pub = self.create_publisher(
+            PumpCommand, "pump/command", QOS_COMMAND, event_callbacks=NO_PUB_EVENTS
+        )
+        self._dose_pub = self.create_publisher(
+            DoseStatus, "dose", QOS_DOSE, event_callbacks=NO_PUB_EVENTS
+        )
+        self._alarm_pub = self.create_publisher(
+            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
+        )
+        self.create_subscription(
+            PumpState, "pump/state", self._on_pump_state, QOS_STATE, event_callbacks=NO_SUB_EVENTS
+        )
+        self.create_subscription(
+            Alarm, "alarms", self._on_alarm, QOS_ALARMS, event_callbacks=NO_SUB_EVENTS
+        )
+        self.create_subscription(
+            OcclusionStatus,
+            "occlusion",
+            self._on_occlusion,
+            QOS_OCCLUSION,
+            event_callbacks=NO_SUB_EVENTS,
+        )
         self.create_service(SetProgram, "set_program", self._on_set_program)
         self.create_service(Trigger, "suspend", self._on_suspend)
         self.create_service(Trigger, "resume", self._on_resume)
         self.create_service(Trigger, "~/clear_alarms", self._on_clear_alarms)
         self.create_timer(float(self.params.get("control_period_s")), self._tick)
-        if program is not None:
-            self.get_logger().info(f"program {program.name!r}: {program.basal_rate_ul_per_h:g} µL/h")
+        if self._program_at_start is not None:
+            self.get_logger().info(f"program at start: {self._program_at_start.summary()}")
+
+    @property
+    def core(self) -> DosingCore:
+        if self._core is None:
+            raise TherapyError("the controller is waiting for ROS time (/clock) to start")
+        return self._core
+
+    @property
+    def started(self) -> bool:
+        if self._core is None and clock_valid(self):
+            self._core = DosingCore(t_s=now_s(self), program=self._program_at_start)
+        return self._core is not None
 
     def _initial_program(self) -> TherapyProgram | None:
         path = str(self.params.get("program_file"))
@@ -96,20 +133,22 @@ class DosingController(Node):
         # Keep our command sequence ahead of whatever the driver last applied (a restarted
         # controller must not reuse old sequence numbers: the driver re-arms only on new ones).
         self._sequence = max(self._sequence, msg.last_sequence)
-        if msg.state in (PumpState.DISCONNECTED,):
+        if msg.state in (PumpState.DISCONNECTED,) or not self.started:
             return
-        self.core.on_device_volume(stamp_to_s(msg.header.stamp) or now_s(self), msg.delivered_volume_ul)
+        self.core.on_device_volume(
+            stamp_to_s(msg.header.stamp) or now_s(self), msg.delivered_volume_ul
+        )
         self._flush_alarms()
 
     def _on_alarm(self, msg: Alarm) -> None:
-        if msg.source == self.get_fully_qualified_name():
+        if msg.source == self.get_fully_qualified_name() or not self.started:
             return
         self.core.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
         self._tick()
 
     def _on_occlusion(self, msg: OcclusionStatus) -> None:
         code = _UNSAFE_LINE.get(msg.state)
-        if code is not None:
+        if code is not None and self.started:
             self.core.on_alarm(now_s(self), code, int(Severity.CRITICAL), True, "occlusion")
             self._tick()
 
@@ -117,6 +156,9 @@ class DosingController(Node):
     def _on_set_program(
         self, request: SetProgram.Request, response: SetProgram.Response
     ) -> SetProgram.Response:
+        if not self.started:
+            response.success, response.message = False, "controller not started: no ROS time yet"
+            return response
         try:
             program = parse_program(
                 request.program_yaml, source="set_program", max_rate_ul_per_h=self._max_rate()
@@ -137,6 +179,9 @@ class DosingController(Node):
         return response
 
     def _on_suspend(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if not self.started:
+            response.success, response.message = False, "controller not started: no ROS time yet"
+            return response
         self.core.suspend(now_s(self), "suspended by operator")
         self._tick()
         response.success, response.message = True, "therapy suspended"
@@ -144,6 +189,8 @@ class DosingController(Node):
 
     def _on_resume(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
+            if not self.started:
+                raise TherapyError("no ROS time yet")
             self.core.resume(now_s(self))
         except TherapyError as exc:
             response.success, response.message = False, f"cannot resume: {exc}"
@@ -155,6 +202,9 @@ class DosingController(Node):
     def _on_clear_alarms(
         self, _req: Trigger.Request, response: Trigger.Response
     ) -> Trigger.Response:
+        if not self.started:
+            response.success, response.message = False, "controller not started: no ROS time yet"
+            return response
         self.core.clear_alarms(now_s(self))
         self._tick()
         response.success = True
@@ -163,6 +213,8 @@ class DosingController(Node):
 
     # -- outputs --------------------------------------------------------------------------
     def _tick(self) -> None:
+        if not self.started:
+            return
         t_s = now_s(self)
         intent = self.core.command(t_s)
         if intent != self._last_intent:

@@ -21,8 +21,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pump_rig_interfaces.msg import FaultEvent
 from pump_rig_interfaces.srv import InjectFault
-from rclpy.parameter import Parameter
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import FluidPressure
 from std_msgs.msg import Header
@@ -32,10 +32,10 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.sim_clock import SimClock
-from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.core.stepper_emulator import StepperEmulator
+from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.pty_device import PtySerialDevice
-from pump_rig.nodes.contract import QOS_FAULTS, QOS_PRESSURE
+from pump_rig.nodes.contract import NO_PUB_EVENTS, QOS_FAULTS, QOS_PRESSURE
 from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import s_to_stamp
 
@@ -68,35 +68,60 @@ class MockHardware(Node):
             self,
             [
                 ParamSpec(
-                    "speed", 1.0, "Simulated seconds per wall second; above 1 publishes /clock",
-                    0.01, 100000.0, read_only=True,
-                ),
-                ParamSpec(
-                    "sim_start_s", 0.0,
-                    "Simulated time at start, seconds since the epoch (0 = now)", 0.0, 4.0e9,
+                    "speed",
+                    1.0,
+                    "Simulated seconds per wall second; above 1 publishes /clock",
+                    0.01,
+                    100000.0,
                     read_only=True,
                 ),
                 ParamSpec(
-                    "sample_period_s", 1.0, "Pressure sample period (simulated time)", 0.001, 3600.0,
+                    "sim_start_s",
+                    0.0,
+                    "Simulated time at start, seconds since the epoch (0 = now)",
+                    0.0,
+                    4.0e9,
                     read_only=True,
                 ),
                 ParamSpec(
-                    "max_samples_per_wall_s", 200.0,
+                    "sample_period_s",
+                    1.0,
+                    "Pressure sample period (simulated time)",
+                    0.001,
+                    3600.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "max_samples_per_wall_s",
+                    50.0,
                     "Accelerated runs lengthen the sample period so that no more samples than "
-                    "this are published per wall second", 1.0, 10000.0, read_only=True,
+                    "this are published per wall second",
+                    1.0,
+                    10000.0,
+                    read_only=True,
                 ),
                 ParamSpec(
-                    "update_period_s", 0.01,
+                    "update_period_s",
+                    0.02,
                     "Wall-time period of /clock and of publishing due pressure samples",
-                    0.001, 1.0, read_only=True,
+                    0.001,
+                    1.0,
+                    read_only=True,
                 ),
                 ParamSpec(
-                    "port_link", "",
+                    "port_link",
+                    "",
                     "Path made a symlink to the emulated pump's pty ('' = /tmp/pump_rig/<ns>/pump)",
                     read_only=True,
                 ),
-                ParamSpec("seed", 1, "Random seed of sensor noise and faults", 0, 2**31 - 1,
-                          read_only=True),
+                ParamSpec(
+                    "seed",
+                    1,
+                    "Random seed of sensor noise and faults",
+                    0,
+                    2**31 - 1,
+                    read_only=True,
+                ),
                 *bench_param_specs(),
             ],
         )
@@ -129,12 +154,20 @@ class MockHardware(Node):
         )
         self.device.start()
 
-        self._pressure_pub = self.create_publisher(FluidPressure, "pressure", QOS_PRESSURE)
-        self._clock_pub = (
-            self.create_publisher(Clock, "/clock", 10) if self.publishes_clock else None
+        self._pressure_pub = self.create_publisher(
+            FluidPressure, "pressure", QOS_PRESSURE, event_callbacks=NO_PUB_EVENTS
         )
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._fault_pub = self.create_publisher(FaultEvent, "bench/faults", QOS_FAULTS)
+        self._clock_pub = (
+            self.create_publisher(Clock, "/clock", 10, event_callbacks=NO_PUB_EVENTS)
+            if self.publishes_clock
+            else None
+        )
+        self._diag_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
+        )
+        self._fault_pub = self.create_publisher(
+            FaultEvent, "bench/faults", QOS_FAULTS, event_callbacks=NO_PUB_EVENTS
+        )
         self.create_service(InjectFault, "inject_fault", self._on_inject_fault)
         self.create_service(Trigger, "clear_faults", self._on_clear_faults)
         wall = rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
@@ -203,7 +236,9 @@ class MockHardware(Node):
         self.get_logger().info(message)
         return message
 
-    def _publish_fault(self, t_s: float, kind: str, active: bool, magnitude: float, message: str) -> None:
+    def _publish_fault(
+        self, t_s: float, kind: str, active: bool, magnitude: float, message: str
+    ) -> None:
         self._fault_pub.publish(
             FaultEvent(
                 header=Header(stamp=s_to_stamp(t_s), frame_id="bench"),
@@ -220,14 +255,18 @@ class MockHardware(Node):
         try:
             kind = FaultKind.parse(request.kind)
             if not math.isfinite(request.magnitude) or request.magnitude < 0:
-                raise ValueError(f"magnitude must be a finite number >= 0 (got {request.magnitude})")
+                raise ValueError(
+                    f"magnitude must be a finite number >= 0 (got {request.magnitude})"
+                )
             response.message = self.inject(kind, request.magnitude)
             response.success = True
         except ValueError as exc:
             response.success, response.message = False, str(exc)
         return response
 
-    def _on_clear_faults(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _on_clear_faults(
+        self, _req: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
         response.message = self.clear()
         response.success = True
         return response

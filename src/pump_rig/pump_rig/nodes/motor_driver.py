@@ -26,9 +26,16 @@ from pump_rig.core.drive_policy import DriveLimits, DrivePolicy, DriveTarget
 from pump_rig.drivers.errors import DeviceDisconnected, DeviceError
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import DeviceStatus, StepperPumpDriver
-from pump_rig.nodes.contract import QOS_ALARMS, QOS_COMMAND, QOS_ESTOP, QOS_STATE
+from pump_rig.nodes.contract import (
+    NO_PUB_EVENTS,
+    NO_SUB_EVENTS,
+    QOS_ALARMS,
+    QOS_COMMAND,
+    QOS_ESTOP,
+    QOS_STATE,
+)
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
-from pump_rig.nodes.ros_time import now_s, s_to_stamp
+from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp
 
 # Consecutive failed exchanges after which the device counts as lost.
 MAX_FAILED_POLLS = 3
@@ -48,40 +55,69 @@ class MotorDriver(LifecycleNode):
                 ParamSpec("baud", 115200, "Serial baud rate", 300, 1000000, read_only=True),
                 ParamSpec("backend", "stepper", "Pump protocol: stepper", read_only=True),
                 ParamSpec(
-                    "syringe_inner_diameter_mm", 14.43,
-                    "Syringe inner diameter sent to the device at configure", 0.1, 50.0,
+                    "syringe_inner_diameter_mm",
+                    14.43,
+                    "Syringe inner diameter sent to the device at configure",
+                    0.1,
+                    50.0,
                     read_only=True,
                 ),
                 ParamSpec(
-                    "max_rate_ul_per_h", 1000.0,
+                    "max_rate_ul_per_h",
+                    1000.0,
                     "Highest rate this driver lets the pump run at, whatever it is commanded",
-                    0.001, 1.0e6, read_only=True, validator=positive,
+                    0.001,
+                    1.0e6,
+                    read_only=True,
+                    validator=positive,
                 ),
                 ParamSpec(
-                    "max_volume_per_command_ul", 2000.0,
+                    "max_volume_per_command_ul",
+                    2000.0,
                     "Largest volume limit one command may carry (bolus, prime)",
-                    0.001, 1.0e6, read_only=True, validator=positive,
+                    0.001,
+                    1.0e6,
+                    read_only=True,
+                    validator=positive,
                 ),
                 ParamSpec(
-                    "command_timeout_s", 5.0,
+                    "command_timeout_s",
+                    5.0,
                     "A running command not refreshed for this long (ROS time) stops the pump",
-                    0.01, 3600.0, read_only=True, validator=positive,
+                    0.01,
+                    3600.0,
+                    read_only=True,
+                    validator=positive,
                 ),
                 ParamSpec(
-                    "poll_period_s", 0.5, "Device status poll and pump/state period (ROS time)",
-                    0.001, 60.0, read_only=True,
-                ),
-                ParamSpec(
-                    "reply_timeout_s", 0.2, "Serial reply timeout (wall time)", 0.001, 10.0,
+                    "poll_period_s",
+                    0.5,
+                    "Device status poll and pump/state period (ROS time)",
+                    0.001,
+                    60.0,
                     read_only=True,
                 ),
                 ParamSpec(
-                    "reconnect_period_s", 1.0, "Wait between reconnect attempts (wall time)",
-                    0.01, 60.0, read_only=True,
+                    "reply_timeout_s",
+                    0.2,
+                    "Serial reply timeout (wall time)",
+                    0.001,
+                    10.0,
+                    read_only=True,
                 ),
                 ParamSpec(
-                    "autostart", True, "Configure and activate on start, retrying while the "
-                    "device is missing", read_only=True,
+                    "reconnect_period_s",
+                    1.0,
+                    "Wait between reconnect attempts (wall time)",
+                    0.01,
+                    60.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "autostart",
+                    True,
+                    "Configure and activate on start, retrying while the device is missing",
+                    read_only=True,
                 ),
             ],
         )
@@ -102,11 +138,25 @@ class MotorDriver(LifecycleNode):
         self._conditions: dict[str, bool] = {}
         self._closing = False
 
-        self._state_pub = self.create_publisher(PumpState, "pump/state", QOS_STATE)
-        self._alarm_pub = self.create_publisher(Alarm, "alarms", QOS_ALARMS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(PumpCommand, "pump/command", self._on_command, QOS_COMMAND)
-        self.create_subscription(EmergencyStop, "estop", self._on_estop, QOS_ESTOP)
+        self._state_pub = self.create_publisher(
+            PumpState, "pump/state", QOS_STATE, event_callbacks=NO_PUB_EVENTS
+        )
+        self._alarm_pub = self.create_publisher(
+            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
+        )
+        self._diag_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
+        )
+        self.create_subscription(
+            PumpCommand,
+            "pump/command",
+            self._on_command,
+            QOS_COMMAND,
+            event_callbacks=NO_SUB_EVENTS,
+        )
+        self.create_subscription(
+            EmergencyStop, "estop", self._on_estop, QOS_ESTOP, event_callbacks=NO_SUB_EVENTS
+        )
         self.create_timer(float(self.params.get("poll_period_s")), self._poll)
         self.create_timer(1.0, self._publish_diagnostics, clock=_wall_clock())
         self._autostart_timer = None
@@ -159,12 +209,16 @@ class MotorDriver(LifecycleNode):
     def _connect(self) -> None:
         port = str(self.params.get("port"))
         if not port:
-            raise DeviceDisconnected("parameter 'port' is empty: set it to the pump's serial device")
+            raise DeviceDisconnected(
+                "parameter 'port' is empty: set it to the pump's serial device"
+            )
         backend = str(self.params.get("backend"))
         if backend != "stepper":
             raise DeviceError(f"unknown backend {backend!r}; known: stepper")
         link = SerialLink.open(
-            port, baud=int(self.params.get("baud")), timeout_s=float(self.params.get("reply_timeout_s"))
+            port,
+            baud=int(self.params.get("baud")),
+            timeout_s=float(self.params.get("reply_timeout_s")),
         )
         device = StepperPumpDriver(link)
         try:
@@ -195,6 +249,8 @@ class MotorDriver(LifecycleNode):
 
     # -- inputs -----------------------------------------------------------------------------
     def _on_command(self, msg: PumpCommand) -> None:
+        if not clock_valid(self):
+            return  # staleness is judged in ROS time: wait until there is one
         verdict = self.policy.on_command(
             now_s(self), msg.action, msg.flow_rate_ul_per_h, msg.volume_limit_ul, msg.sequence
         )
@@ -210,7 +266,10 @@ class MotorDriver(LifecycleNode):
     def _on_estop(self, msg: EmergencyStop) -> None:
         self.policy.on_estop(msg.engaged, f"{msg.source}: {msg.reason}")
         self._set_condition(
-            "ESTOP", msg.engaged, Severity.CRITICAL, f"emergency stop from {msg.source}: {msg.reason}"
+            "ESTOP",
+            msg.engaged,
+            Severity.CRITICAL,
+            f"emergency stop from {msg.source}: {msg.reason}",
         )
         # Act now, not at the next poll.
         self._apply()
@@ -218,10 +277,14 @@ class MotorDriver(LifecycleNode):
 
     # -- control ----------------------------------------------------------------------------
     def _poll(self) -> None:
+        if not clock_valid(self):
+            return
         t_s = now_s(self)
         if self.policy.is_stale(t_s):
             self._set_condition(
-                "COMMAND_STALE", True, Severity.CRITICAL,
+                "COMMAND_STALE",
+                True,
+                Severity.CRITICAL,
                 f"no pump/command for more than {self.policy.limits.command_timeout_s:g} s",
             )
         if self._device is None:
@@ -287,7 +350,9 @@ class MotorDriver(LifecycleNode):
         self._failed_polls = 0
         self._status = status
         stalled = status.state == "STALLED"
-        self._set_condition("MOTOR_STALL", stalled, Severity.CRITICAL, "plunger stalled while driven")
+        self._set_condition(
+            "MOTOR_STALL", stalled, Severity.CRITICAL, "plunger stalled while driven"
+        )
         if stalled:
             self.policy.on_device_fault()
             self._apply()
@@ -390,9 +455,11 @@ class MotorDriver(LifecycleNode):
 
 def _same_run(a: DriveTarget, b: DriveTarget) -> bool:
     """Same direction, limit and command: only the rate may need changing."""
-    return (a.direction, a.volume_limit_ul, a.sequence) == (b.direction, b.volume_limit_ul, b.sequence) or (
-        a.direction == b.direction and a.volume_limit_ul == b.volume_limit_ul == 0.0
-    )
+    return (a.direction, a.volume_limit_ul, a.sequence) == (
+        b.direction,
+        b.volume_limit_ul,
+        b.sequence,
+    ) or (a.direction == b.direction and a.volume_limit_ul == b.volume_limit_ul == 0.0)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -77,11 +77,15 @@ class ParamSet:
         if spec.min_value is not None and spec.max_value is not None:
             if isinstance(spec.default, float):
                 descriptor.floating_point_range = [
-                    FloatingPointRange(from_value=float(spec.min_value), to_value=float(spec.max_value))
+                    FloatingPointRange(
+                        from_value=float(spec.min_value), to_value=float(spec.max_value)
+                    )
                 ]
             elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
                 descriptor.integer_range = [
-                    IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)
+                    IntegerRange(
+                        from_value=int(spec.min_value), to_value=int(spec.max_value), step=1
+                    )
                 ]
         return descriptor
 
@@ -89,7 +93,11 @@ class ParamSet:
         spec = self._specs.get(name)
         if spec is None:
             return None
-        if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        if (
+            isinstance(spec.default, float)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        ):
             value = float(value)
         if type(value) is not type(spec.default):
             return f"expected {type(spec.default).__name__}, got {type(value).__name__}"

@@ -15,7 +15,6 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pump_rig_interfaces.msg import Alarm, EmergencyStop, OcclusionStatus, PumpState
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import FluidPressure
 from std_srvs.srv import Trigger
@@ -28,6 +27,8 @@ from pump_rig.core.occlusion_detector import (
     OcclusionDetector,
 )
 from pump_rig.nodes.contract import (
+    NO_PUB_EVENTS,
+    NO_SUB_EVENTS,
     QOS_ALARMS,
     QOS_ESTOP,
     QOS_OCCLUSION,
@@ -35,7 +36,7 @@ from pump_rig.nodes.contract import (
     QOS_STATE,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
-from pump_rig.nodes.ros_time import now_s, s_to_stamp, stamp_to_s
+from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s
 
 # Which alarm each unsafe line state raises. All of them engage the emergency stop.
 ALARM_FOR_STATE = {
@@ -64,8 +65,11 @@ class PressureMonitor(Node):
             self,
             [
                 ParamSpec(
-                    "check_period_s", 1.0,
-                    "Period of the no-sample watchdog check (ROS time)", 0.01, 60.0,
+                    "check_period_s",
+                    1.0,
+                    "Period of the no-sample watchdog check (ROS time)",
+                    0.01,
+                    60.0,
                     read_only=True,
                 ),
                 *detector_param_specs(),
@@ -82,12 +86,28 @@ class PressureMonitor(Node):
         self._estop_engaged = False
         self._samples = 0
 
-        self._occlusion_pub = self.create_publisher(OcclusionStatus, "occlusion", QOS_OCCLUSION)
-        self._alarm_pub = self.create_publisher(Alarm, "alarms", QOS_ALARMS)
-        self._estop_pub = self.create_publisher(EmergencyStop, "estop", QOS_ESTOP)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(FluidPressure, "pressure", self._on_pressure, QOS_PRESSURE)
-        self.create_subscription(PumpState, "pump/state", self._on_pump_state, QOS_STATE)
+        self._occlusion_pub = self.create_publisher(
+            OcclusionStatus, "occlusion", QOS_OCCLUSION, event_callbacks=NO_PUB_EVENTS
+        )
+        self._alarm_pub = self.create_publisher(
+            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
+        )
+        self._estop_pub = self.create_publisher(
+            EmergencyStop, "estop", QOS_ESTOP, event_callbacks=NO_PUB_EVENTS
+        )
+        self._diag_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
+        )
+        self.create_subscription(
+            FluidPressure,
+            "pressure",
+            self._on_pressure,
+            QOS_PRESSURE,
+            event_callbacks=NO_SUB_EVENTS,
+        )
+        self.create_subscription(
+            PumpState, "pump/state", self._on_pump_state, QOS_STATE, event_callbacks=NO_SUB_EVENTS
+        )
         self.create_service(Trigger, "~/clear_alarms", self._on_clear_alarms)
         self.create_timer(float(self.params.get("check_period_s")), self._check_timeout)
         self.create_timer(
@@ -106,6 +126,8 @@ class PressureMonitor(Node):
         self._handle(self.detector.update(t_s, pressure_kpa, pump_running=self._pump_running))
 
     def _check_timeout(self) -> None:
+        if not clock_valid(self):
+            return
         assessment = self.detector.check_timeout(now_s(self))
         if assessment is not None:
             self._handle(assessment)
@@ -133,7 +155,9 @@ class PressureMonitor(Node):
         if severity == Severity.CRITICAL and not self._estop_engaged:
             self._set_estop(True, f"{code}: {assessment.reason}", assessment.t_s)
 
-    def _on_clear_alarms(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _on_clear_alarms(
+        self, _req: Trigger.Request, response: Trigger.Response
+    ) -> Trigger.Response:
         last = self._last
         if last is not None and last.state in (
             LineState.OCCLUDED,

@@ -18,3 +18,12 @@ def stamp_to_s(stamp: TimeMsg) -> float:
 
 def s_to_stamp(t_s: float) -> TimeMsg:
     return Time(nanoseconds=round(t_s * 1e9)).to_msg()
+
+
+def clock_valid(node: Node) -> bool:
+    """False until a node using sim time has received its first /clock (ROS time is 0 then).
+
+    Nothing time-based may start before: a watchdog would see a jump of decades, and integrals
+    would start at the epoch.
+    """
+    return bool(node.get_clock().now().nanoseconds > 0)

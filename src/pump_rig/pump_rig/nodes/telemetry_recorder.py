@@ -28,7 +28,7 @@ from pump_rig.core.bag_recording import (
     build_typestore,
     next_split_path,
 )
-from pump_rig.nodes.contract import RIG_TOPICS, TOPICS_BY_NAME
+from pump_rig.nodes.contract import NO_PUB_EVENTS, NO_SUB_EVENTS, RIG_TOPICS, TOPICS_BY_NAME
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
 
 DEFAULT_TOPICS = [spec.name for spec in RIG_TOPICS] + ["/diagnostics"]
@@ -50,20 +50,29 @@ class TelemetryRecorder(Node):
         self.params = ParamSet(
             self,
             [
-                ParamSpec("output_dir", "runs", "Directory new bags are created in", read_only=True),
                 ParamSpec(
-                    "bag_path", "", "Bag directory to create ('' = output_dir/rig_<time>)",
+                    "output_dir", "runs", "Directory new bags are created in", read_only=True
+                ),
+                ParamSpec(
+                    "bag_path",
+                    "",
+                    "Bag directory to create ('' = output_dir/rig_<time>)",
                     read_only=True,
                 ),
                 ParamSpec(
-                    "topics", DEFAULT_TOPICS,
+                    "topics",
+                    DEFAULT_TOPICS,
                     "Topics to record; relative names resolve in the node's namespace",
                     read_only=True,
                 ),
                 ParamSpec(
-                    "discovery_period_s", 0.5,
+                    "discovery_period_s",
+                    0.5,
                     "How often the graph is checked for the topics' publishers (wall time)",
-                    0.05, 10.0, read_only=True, validator=positive,
+                    0.05,
+                    10.0,
+                    read_only=True,
+                    validator=positive,
                 ),
             ],
         )
@@ -75,12 +84,16 @@ class TelemetryRecorder(Node):
                 self.get_logger().warning(f"{package} not found: its topics cannot be recorded")
         self._typestore = build_typestore(interface_dirs)
         path_param = str(self.params.get("bag_path"))
-        path = Path(path_param) if path_param else default_bag_path(str(self.params.get("output_dir")))
+        path = (
+            Path(path_param) if path_param else default_bag_path(str(self.params.get("output_dir")))
+        )
         self._bag: BagRecording | None = BagRecording(path, self._typestore)
         self._wanted = {self.resolve_topic_name(t): t for t in self.params.get("topics")}
         self._subscribed: dict[str, tuple[str, TopicQos]] = {}
-        self._subscriptions: list[Any] = []
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._recording_subs: list[Any] = []
+        self._diag_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
+        )
         self.create_service(Trigger, "~/split", self._on_split)
         self.create_service(Trigger, "~/stop", self._on_stop)
         # Discovery runs on wall time: with simulated time the clock may not move yet.
@@ -128,9 +141,14 @@ class TelemetryRecorder(Node):
                     else DurabilityPolicy.VOLATILE
                 ),
             )
-            self._subscriptions.append(
+            self._recording_subs.append(
                 self.create_subscription(
-                    msg_class, resolved, self._writer_for(resolved), sub_qos, raw=True
+                    msg_class,
+                    resolved,
+                    self._writer_for(resolved),
+                    sub_qos,
+                    raw=True,
+                    event_callbacks=NO_SUB_EVENTS,
                 )
             )
             self._subscribed[resolved] = (type_name, qos)
