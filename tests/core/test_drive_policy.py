@@ -140,7 +140,9 @@ events = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=40))
-def test_whatever_it_is_told_the_target_stays_within_limits(seq_events: list[tuple]) -> None:
+def test_whatever_it_is_told_the_target_stays_within_limits(
+    seq_events: list[tuple[str, int, float, float]],
+) -> None:
     policy = DrivePolicy(LIMITS)
     t_s, seq, estop, last_cmd_t = 0.0, 0, False, None
     for kind, a, b, c in seq_events:

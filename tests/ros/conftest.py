@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -31,7 +31,6 @@ from pump_rig.nodes.telemetry_recorder import message_class
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "config" / "programs" / "baclofen_constant.yaml"
 _names = itertools.count()
-T = TypeVar("T")
 
 
 def unique_namespace() -> str:
@@ -77,8 +76,8 @@ class Probe:
         self._publishers[topic].publish(msg)
 
     def wait_for(
-        self, condition: Callable[[], T], timeout_s: float = 20.0, what: str = "condition"
-    ) -> T:
+        self, condition: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition"
+    ) -> Any:
         """Spin until ``condition()`` is truthy; fail with ``what`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -89,7 +88,7 @@ class Probe:
         raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
     def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 10.0) -> Any:
-        client = self.node.create_client(srv_type, self.full(name))
+        client: Any = self.node.create_client(srv_type, self.full(name))
         assert client.wait_for_service(timeout_sec=timeout_s), f"no service {self.full(name)}"
         future = client.call_async(request)
         self.wait_for(future.done, timeout_s, f"answer from {self.full(name)}")
@@ -101,7 +100,7 @@ class Probe:
         rclpy.try_shutdown(context=self.context)
 
 
-def last(messages: list[Any]) -> Any | None:
+def last(messages: list[Any]) -> Any:
     return messages[-1] if messages else None
 
 

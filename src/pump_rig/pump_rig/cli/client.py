@@ -34,7 +34,7 @@ class RigClient:
 
     def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 5.0) -> Any:
         """Call a service; RigUnreachableError when nobody serves it within the timeout."""
-        client = self.node.create_client(srv_type, self.full(name))
+        client: Any = self.node.create_client(srv_type, self.full(name))
         try:
             if not client.wait_for_service(timeout_sec=timeout_s):
                 raise RigUnreachableError(

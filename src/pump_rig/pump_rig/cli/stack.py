@@ -48,7 +48,7 @@ def default_config() -> Path:
 WATCHDOG_WALL_S = 2.0
 
 
-def watchdog_overrides(speed: float) -> dict[str, list[Parameter]]:
+def watchdog_overrides(speed: float) -> dict[str, list[Parameter[Any]]]:
     sim_s = WATCHDOG_WALL_S * speed
     return {
         "motor_driver": [Parameter("command_timeout_s", Parameter.Type.DOUBLE, sim_s)],
@@ -65,7 +65,7 @@ class StackOptions:
     record: Path | None = None
     port: str | None = None  # a real device: no mock
     controller: bool = True  # False: something else commands the pump (tests, manual runs)
-    extra: dict[str, list[Parameter]] = field(default_factory=dict)  # per-node overrides
+    extra: dict[str, list[Parameter[Any]]] = field(default_factory=dict)  # per-node overrides
 
 
 class Stack:
@@ -94,7 +94,9 @@ class Stack:
         self._executors: list[SingleThreadedExecutor] = []
         self._threads: list[threading.Thread] = []
 
-    def _make(self, factory: Callable[..., Node], name: str, overrides: list[Parameter]) -> Node:
+    def _make(
+        self, factory: Callable[..., Node], name: str, overrides: list[Parameter[Any]]
+    ) -> Node:
         node = factory(
             namespace=self.options.namespace,
             context=self.context,

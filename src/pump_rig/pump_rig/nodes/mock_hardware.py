@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pump_rig_interfaces.msg import FaultEvent
 from pump_rig_interfaces.srv import InjectFault
@@ -37,7 +36,7 @@ from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.pty_device import PtySerialDevice
 from pump_rig.nodes.contract import NO_PUB_EVENTS, QOS_FAULTS, QOS_PRESSURE
 from pump_rig.nodes.params import ParamSet, ParamSpec
-from pump_rig.nodes.ros_time import s_to_stamp
+from pump_rig.nodes.ros_time import s_to_stamp, wall_clock
 
 
 def bench_param_specs() -> list[ParamSpec]:
@@ -170,7 +169,7 @@ class MockHardware(Node):
         )
         self.create_service(InjectFault, "inject_fault", self._on_inject_fault)
         self.create_service(Trigger, "clear_faults", self._on_clear_faults)
-        wall = rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
+        wall = wall_clock()
         self.create_timer(float(self.params.get("update_period_s")), self._update, clock=wall)
         self.create_timer(1.0, self._publish_diagnostics, clock=wall)
         self._published_samples = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pump_rig_interfaces.msg import Alarm, EmergencyStop, PumpCommand, PumpState
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -35,14 +34,10 @@ from pump_rig.nodes.contract import (
     QOS_STATE,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
-from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp
+from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, wall_clock
 
 # Consecutive failed exchanges after which the device counts as lost.
 MAX_FAILED_POLLS = 3
-
-
-def _wall_clock() -> rclpy.clock.Clock:
-    return rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
 
 
 class MotorDriver(LifecycleNode):
@@ -158,11 +153,11 @@ class MotorDriver(LifecycleNode):
             EmergencyStop, "estop", self._on_estop, QOS_ESTOP, event_callbacks=NO_SUB_EVENTS
         )
         self.create_timer(float(self.params.get("poll_period_s")), self._poll)
-        self.create_timer(1.0, self._publish_diagnostics, clock=_wall_clock())
+        self.create_timer(1.0, self._publish_diagnostics, clock=wall_clock())
         self._autostart_timer = None
         if self.params.get("autostart"):
             self._autostart_timer = self.create_timer(
-                float(self.params.get("reconnect_period_s")), self._autostart, clock=_wall_clock()
+                float(self.params.get("reconnect_period_s")), self._autostart, clock=wall_clock()
             )
             self._autostart()
 

@@ -111,14 +111,14 @@ class ParamSet:
             return spec.validator(value)
         return None
 
-    def _validate(self, params: list[Parameter]) -> SetParametersResult:
+    def _validate(self, params: list[Parameter[Any]]) -> SetParametersResult:
         for param in params:
             problem = self._check(param.name, param.value)
             if problem is not None:
                 return SetParametersResult(successful=False, reason=f"{param.name}: {problem}")
         return SetParametersResult(successful=True)
 
-    def _notify(self, params: list[Parameter]) -> None:
+    def _notify(self, params: list[Parameter[Any]]) -> None:
         for param in params:
             if param.name in self._specs:
                 for callback in self._on_change:

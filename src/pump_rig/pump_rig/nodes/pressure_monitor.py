@@ -12,7 +12,6 @@ import dataclasses
 import math
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pump_rig_interfaces.msg import Alarm, EmergencyStop, OcclusionStatus, PumpState
 from rclpy.node import Node
@@ -36,7 +35,7 @@ from pump_rig.nodes.contract import (
     QOS_STATE,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
-from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s
+from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s, wall_clock
 
 # Which alarm each unsafe line state raises. All of them engage the emergency stop.
 ALARM_FOR_STATE = {
@@ -113,7 +112,7 @@ class PressureMonitor(Node):
         self.create_timer(
             1.0,
             self._publish_diagnostics,
-            clock=rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME),
+            clock=wall_clock(),
         )
 
     def _on_pump_state(self, msg: PumpState) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from builtin_interfaces.msg import Time as TimeMsg
+from rclpy.clock import Clock
+from rclpy.clock_type import ClockType
 from rclpy.node import Node
 from rclpy.time import Time
 
@@ -27,3 +29,9 @@ def clock_valid(node: Node) -> bool:
     would start at the epoch.
     """
     return bool(node.get_clock().now().nanoseconds > 0)
+
+
+def wall_clock() -> Clock:
+    """A steady clock for timers that must run in wall time whatever use_sim_time says
+    (diagnostics, discovery, the mock's own update loop)."""
+    return Clock(clock_type=ClockType.STEADY_TIME)

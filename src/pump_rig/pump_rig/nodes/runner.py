@@ -10,6 +10,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from pump_rig.core.bag_recording import RecordingError
+
 
 def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> None:
     """Create the node, spin it until shutdown, and turn configuration errors into one line."""
@@ -24,7 +26,7 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> Non
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:
+    except (ValueError, RecordingError) as exc:
         name = getattr(factory, "__name__", "node")
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
@@ -30,6 +28,7 @@ from pump_rig.core.bag_recording import (
 )
 from pump_rig.nodes.contract import NO_PUB_EVENTS, NO_SUB_EVENTS, RIG_TOPICS, TOPICS_BY_NAME
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
+from pump_rig.nodes.ros_time import clock_valid, wall_clock
 
 DEFAULT_TOPICS = [spec.name for spec in RIG_TOPICS] + ["/diagnostics"]
 
@@ -91,6 +90,7 @@ class TelemetryRecorder(Node):
         self._wanted = {self.resolve_topic_name(t): t for t in self.params.get("topics")}
         self._subscribed: dict[str, tuple[str, TopicQos]] = {}
         self._recording_subs: list[Any] = []
+        self._early: list[tuple[str, bytes]] = []
         self._diag_pub = self.create_publisher(
             DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
         )
@@ -98,15 +98,11 @@ class TelemetryRecorder(Node):
         self.create_service(Trigger, "~/stop", self._on_stop)
         # Discovery runs on wall time: with simulated time the clock may not move yet.
         self._discovery = self.create_timer(
-            float(self.params.get("discovery_period_s")), self._discover, clock=self._wall_clock()
+            float(self.params.get("discovery_period_s")), self._discover, clock=wall_clock()
         )
-        self.create_timer(1.0, self._publish_diagnostics, clock=self._wall_clock())
+        self.create_timer(1.0, self._publish_diagnostics, clock=wall_clock())
         self._discover()
         self.get_logger().info(f"recording to {path}")
-
-    @staticmethod
-    def _wall_clock() -> rclpy.clock.Clock:
-        return rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
 
     @property
     def bag_path(self) -> Path | None:
@@ -168,8 +164,18 @@ class TelemetryRecorder(Node):
 
     def _writer_for(self, topic: str) -> Any:
         def write(cdr: bytes) -> None:
-            if self._bag is not None:
-                self._bag.write(topic, self.get_clock().now().nanoseconds, cdr)
+            if self._bag is None:
+                return
+            if not clock_valid(self):
+                # Latched messages can arrive before the first /clock: keep them until there
+                # is a time to file them under, rather than at the epoch.
+                self._early.append((topic, cdr))
+                return
+            t_ns = self.get_clock().now().nanoseconds
+            for early_topic, early_cdr in self._early:
+                self._bag.write(early_topic, t_ns, early_cdr)
+            self._early.clear()
+            self._bag.write(topic, t_ns, cdr)
 
         return write
 
@@ -224,21 +230,9 @@ class TelemetryRecorder(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node: TelemetryRecorder | None = None
-    try:
-        node = TelemetryRecorder()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (RecordingError, ValueError) as exc:
-        print(f"telemetry_recorder: {exc}")
-        raise SystemExit(2) from None
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    from pump_rig.nodes.runner import run_node
+
+    run_node(TelemetryRecorder, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""`pumprig` as a user runs it: one-line errors on bad input, and commands against a live rig."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ros.conftest import PROGRAM, unique_namespace
+
+pytestmark = pytest.mark.ros
+
+
+def pumprig(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("pumprig")
+    if exe is None:
+        raise pytest.UsageError("pumprig not on PATH: run the tests through `make test`")
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy()
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 1
+    return lines[-1]
+
+
+def test_bad_program_file_is_refused_before_any_ros_traffic(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(PROGRAM.read_text().replace("drug: baclofen", "drug: unobtainium"))
+    line = one_line_error(pumprig("-n", unique_namespace(), "program", "set", str(bad)))
+    assert "drug" in line and "unobtainium" in line
+
+
+def test_missing_program_file_names_the_path(tmp_path: Path) -> None:
+    line = one_line_error(pumprig("program", "set", str(tmp_path / "nope.yaml")))
+    assert "nope.yaml" in line
+
+
+def test_unknown_fault_kind_lists_the_known_ones() -> None:
+    line = one_line_error(pumprig("-n", unique_namespace(), "fault", "inject", "gremlins"))
+    assert "gremlins" in line and "occlusion" in line
+
+
+def test_report_of_a_missing_bag(tmp_path: Path) -> None:
+    line = one_line_error(pumprig("report", str(tmp_path / "missing_bag")))
+    assert "does not exist" in line
+
+
+def test_status_without_a_rig_says_so_quickly() -> None:
+    started = time.monotonic()
+    line = one_line_error(pumprig("-n", unique_namespace(), "status"))
+    assert "no dose status" in line
+    assert time.monotonic() - started < 20.0
+
+
+def test_up_with_a_negative_speed_is_a_usage_error() -> None:
+    result = pumprig("up", "--speed", "-5")
+    assert result.returncode == 2
+    assert "must be a finite number > 0" in result.stderr
+
+
+@pytest.fixture
+def live_rig(tmp_path: Path) -> Iterator[str]:
+    namespace = unique_namespace()
+    exe = shutil.which("pumprig")
+    assert exe is not None
+    proc = subprocess.Popen(
+        [exe, "-n", namespace, "up", "--speed", "60", "--program", str(PROGRAM)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+        cwd=tmp_path,
+    )
+    yield namespace
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 0, output
+    assert "pumprig up: stopped" in output
+
+
+def test_commands_against_a_running_rig(live_rig: str, tmp_path: Path) -> None:
+    ns = live_rig
+    deadline = time.monotonic() + 30
+    status = pumprig("-n", ns, "status")
+    while "therapy        RUNNING" not in status.stdout and time.monotonic() < deadline:
+        status = pumprig("-n", ns, "status")
+    assert "therapy        RUNNING" in status.stdout, status.stdout + status.stderr
+    assert "baclofen-constant" in status.stdout
+
+    suspended = pumprig("-n", ns, "suspend")
+    assert suspended.returncode == 0 and "suspended" in suspended.stdout
+    assert "therapy        SUSPENDED" in pumprig("-n", ns, "status").stdout
+
+    faster = tmp_path / "faster.yaml"
+    faster.write_text(PROGRAM.read_text().replace("daily_dose_ug: 240.0", "daily_dose_ug: 480.0"))
+    applied = pumprig("-n", ns, "program", "set", str(faster))
+    assert applied.returncode == 0, applied.stderr
+    assert "40 µL/h" in applied.stdout
+    assert "basal rate     40.000 µL/h" in pumprig("-n", ns, "program", "show").stdout
+
+    assert pumprig("-n", ns, "resume").returncode == 0
+    injected = pumprig("-n", ns, "fault", "inject", "leak")
+    assert injected.returncode == 0 and "injected leak" in injected.stdout
+    assert pumprig("-n", ns, "fault", "clear").returncode == 0
