@@ -11,7 +11,7 @@ RUN := tools/rig-env
 SRC_FILES := $(shell find src launch config -type f -not -name '*.pyc' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: help setup build demo test lint typecheck dockerlint pytest bench clean
+.PHONY: help setup build demo test lint typecheck dockerlint pytest clean
 
 help:
 	@echo "make demo   - set up (first time only) and run the 24 h mock-hardware demo"
@@ -54,9 +54,6 @@ pytest: $(BUILD_STAMP)
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck dockerlint pytest
-
-bench: $(BUILD_STAMP)
-	$(RUN) pumprig bench
 
 clean:
 	rm -rf build install log

@@ -93,9 +93,10 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     for proc in procs:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
 
-    # SIGINT, as Ctrl-C or `ros2 launch` shutdown sends: every node exits cleanly.
-    for proc in reversed(procs):
-        proc.send_signal(signal.SIGINT)
+    # SIGINT, as Ctrl-C or `ros2 launch` sends, and SIGTERM (docker stop, systemd) to the
+    # recorder: every node exits cleanly and the bag is closed whole.
+    for name, proc in reversed(list(zip(EXECUTABLES, procs, strict=True))):
+        proc.send_signal(signal.SIGTERM if name == "telemetry_recorder" else signal.SIGINT)
     for name, proc in zip(EXECUTABLES, procs, strict=True):
         output = proc.communicate(timeout=20)[0].decode()
         assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{output}"
