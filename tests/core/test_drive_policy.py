@@ -163,3 +163,24 @@ def test_whatever_it_is_told_the_target_stays_within_limits(
             assert 0 <= target.volume_limit_ul <= LIMITS.max_volume_per_command_ul
             assert not estop
             assert last_cmd_t is not None and t_s - last_cmd_t <= LIMITS.command_timeout_s
+
+
+def test_staleness_needs_wall_time_too_when_it_is_known() -> None:
+    limits = DriveLimits(
+        max_rate_ul_per_h=100.0,
+        max_volume_per_command_ul=50.0,
+        command_timeout_s=5.0,
+        command_timeout_wall_s=2.0,
+    )
+    policy = DrivePolicy(limits)
+    policy.on_command(0.0, PumpAction.INFUSE, 20.0, 0.0, 1, wall_s=1000.0)
+    # 60 simulated seconds went by in 0.1 s of wall time (accelerated run): not stale.
+    assert not policy.is_stale(60.0, 1000.1)
+    assert policy.target(60.0, 1000.1).running
+    # Both clocks past their limits: stale.
+    assert policy.is_stale(60.0, 1002.5)
+    assert not policy.target(60.0, 1002.5).running
+    # Real time (speed 1): the ROS-time limit is the longer one and decides.
+    policy.on_command(100.0, PumpAction.INFUSE, 20.0, 0.0, 2, wall_s=2000.0)
+    assert not policy.is_stale(104.0, 2004.0)
+    assert policy.is_stale(105.5, 2005.5)

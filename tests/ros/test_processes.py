@@ -54,16 +54,20 @@ def rig_processes(
         args += ["--params-file", str(config)]
         for param in per_node[name]:
             args += ["-p", param]
-        procs.append(
-            subprocess.Popen(
-                args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy()
+        # Logs go to files: an unread pipe fills up and blocks the process writing to it.
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
             )
-        )
     yield procs, bag
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def logs(bag: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(bag.parent.glob("*.log")))
 
 
 def test_separate_processes_run_therapy_and_record_every_topic(
@@ -73,11 +77,14 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     states = probe.watch("pump/state")
     dose = probe.watch("dose")
     pressure = probe.watch("pressure")
-    probe.wait_for(
-        lambda: (s := last(states)) is not None and s.state == PumpState.RUNNING,
-        timeout_s=30.0,
-        what="pump RUNNING across processes",
-    )
+    try:
+        probe.wait_for(
+            lambda: (s := last(states)) is not None and s.state == PumpState.RUNNING,
+            timeout_s=30.0,
+            what="pump RUNNING across processes",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(bag)}") from None
     d = probe.wait_for(
         lambda: (d := last(dose)) is not None and d.therapy_state == DoseStatus.RUNNING and d,
         what="dose RUNNING",
@@ -91,18 +98,42 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     )
     probe.wait_for(lambda: len(pressure) >= 5, what="pressure samples")
     for proc in procs:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.poll() is None, logs(bag)
 
     # SIGINT, as Ctrl-C or `ros2 launch` sends, and SIGTERM (docker stop, systemd) to the
     # recorder: every node exits cleanly and the bag is closed whole.
     for name, proc in reversed(list(zip(EXECUTABLES, procs, strict=True))):
         proc.send_signal(signal.SIGTERM if name == "telemetry_recorder" else signal.SIGINT)
     for name, proc in zip(EXECUTABLES, procs, strict=True):
-        output = proc.communicate(timeout=20)[0].decode()
-        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{output}"
+        proc.wait(timeout=20)
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{logs(bag)}"
 
     report = read_report(bag)
     recorded = {topic.removeprefix(probe.namespace + "/") for topic in report.topic_counts}
     for topic in ("pump/command", "pump/state", "pressure", "occlusion", "dose"):
         assert topic in recorded, f"{topic} missing from {sorted(recorded)}"
-    assert report.device_delivered_ul > 0.5
+    # The recording ends after the probe saw 0.5 µL more than its first state.
+    assert report.device_delivered_last_ul >= first.delivered_volume_ul + 0.5
+
+
+@pytest.mark.parametrize(
+    ("executable", "param", "expected"),
+    [
+        ("dosing_controller", "program_file:=/no/such/program.yaml", "program.yaml"),
+        ("motor_driver", "max_rate_ul_per_h:=-5.0", "max_rate_ul_per_h"),
+        ("pressure_monitor", "detector.occlusion_threshold_kpa:=-3.0", "occlusion_threshold_kpa"),
+        ("mock_hardware", "bench.compliance_ul_per_kpa:=0.0", "compliance_ul_per_kpa"),
+    ],
+)
+def test_bad_configuration_is_refused_in_one_line(
+    executable: str, param: str, expected: str, namespace: str
+) -> None:
+    result = subprocess.run(
+        [_executable(executable), "--ros-args", "-r", f"__ns:={namespace}", "-p", param],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr

@@ -42,20 +42,6 @@ def default_config() -> Path:
     return package_share() / "config" / "mock.yaml"
 
 
-# Watchdogs that guard against a hung *process* are about wall time. In an accelerated run one
-# wall second is `speed` simulated seconds, so a scheduling hiccup of a few tens of milliseconds
-# would look like minutes of silence: such timeouts get at least this many wall seconds.
-WATCHDOG_WALL_S = 2.0
-
-
-def watchdog_overrides(speed: float) -> dict[str, list[Parameter[Any]]]:
-    sim_s = WATCHDOG_WALL_S * speed
-    return {
-        "motor_driver": [Parameter("command_timeout_s", Parameter.Type.DOUBLE, sim_s)],
-        "pressure_monitor": [Parameter("detector.sample_timeout_s", Parameter.Type.DOUBLE, sim_s)],
-    }
-
-
 @dataclass
 class StackOptions:
     namespace: str = "/rig"
@@ -82,7 +68,6 @@ class Stack:
         self._cli_args = ["--ros-args", "--params-file", str(config)]
         sim = options.speed is not None and options.speed != 1.0
         self._common = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim else []
-        self._scaled = watchdog_overrides(options.speed) if sim and options.speed else {}
         self.nodes: list[Node] = []
         self.mock: MockHardware | None = None
         self.recorder: TelemetryRecorder | None = None
@@ -101,10 +86,7 @@ class Stack:
             namespace=self.options.namespace,
             context=self.context,
             cli_args=self._cli_args,
-            parameter_overrides=self._common
-            + self._scaled.get(name, [])
-            + overrides
-            + self.options.extra.get(name, []),
+            parameter_overrides=self._common + overrides + self.options.extra.get(name, []),
         )
         self.nodes.append(node)
         return node

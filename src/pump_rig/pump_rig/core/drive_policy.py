@@ -22,12 +22,21 @@ class DriveLimits:
     max_volume_per_command_ul: float
     # A RUN command older than this (ROS time) is stale: stop the pump.
     command_timeout_s: float
+    # ...and older than this in wall time too. Staleness guards against a hung *process*; in an
+    # accelerated simulation a few milliseconds of scheduling jitter are many simulated
+    # seconds, so the ROS-time timeout alone would fire on a healthy controller. 0 = no minimum.
+    command_timeout_wall_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_rate_ul_per_h", "max_volume_per_command_ul", "command_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a finite number > 0 (got {value})")
+        if not math.isfinite(self.command_timeout_wall_s) or self.command_timeout_wall_s < 0:
+            raise ValueError(
+                f"command_timeout_wall_s: must be a finite number >= 0 "
+                f"(got {self.command_timeout_wall_s})"
+            )
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class DrivePolicy:
         self._volume_limit_ul = 0.0
         self._sequence = 0
         self._last_command_s: float | None = None
+        self._last_command_wall_s: float | None = None
         self._estop_reason: str | None = None
         # Commands with a sequence <= this may not start the pump (set by every safety stop).
         self._rearm_after_sequence: int | None = None
@@ -78,9 +88,12 @@ class DrivePolicy:
         flow_rate_ul_per_h: float,
         volume_limit_ul: float,
         sequence: int,
+        wall_s: float | None = None,
     ) -> CommandVerdict:
-        """Take a command (or heartbeat). A command outside the limits stops the pump."""
+        """Take a command (or heartbeat) received at ROS time ``t_s`` (and monotonic wall time
+        ``wall_s``, when known). A command outside the limits stops the pump."""
         self._last_command_s = t_s
+        self._last_command_wall_s = wall_s
         try:
             parsed = PumpAction(action)
         except ValueError:
@@ -123,14 +136,19 @@ class DrivePolicy:
         """The device misbehaved or vanished: whatever happens next needs a fresh command."""
         self._safety_stop()
 
-    def is_stale(self, t_s: float) -> bool:
-        """True when a running command has not been refreshed within the timeout."""
+    def is_stale(self, t_s: float, wall_s: float | None = None) -> bool:
+        """True when a running command has not been refreshed within the timeout (in ROS time,
+        and in wall time when both times are known)."""
         if self._action == PumpAction.STOP or self._last_command_s is None:
             return False
-        return t_s - self._last_command_s > self.limits.command_timeout_s
+        if t_s - self._last_command_s <= self.limits.command_timeout_s:
+            return False
+        if wall_s is None or self._last_command_wall_s is None:
+            return True
+        return wall_s - self._last_command_wall_s > self.limits.command_timeout_wall_s
 
-    def target(self, t_s: float) -> DriveTarget:
-        stop = self._stopped(t_s)
+    def target(self, t_s: float, wall_s: float | None = None) -> DriveTarget:
+        stop = self._stopped(t_s, wall_s)
         direction = Direction.WITHDRAW if self._action == PumpAction.WITHDRAW else Direction.INFUSE
         if stop is not None:
             return DriveTarget(False, direction, 0.0, 0.0, self._sequence, stop)
@@ -138,10 +156,10 @@ class DrivePolicy:
             True, direction, self._rate_ul_per_h, self._volume_limit_ul, self._sequence, ""
         )
 
-    def _stopped(self, t_s: float) -> str | None:
+    def _stopped(self, t_s: float, wall_s: float | None) -> str | None:
         if self._estop_reason is not None:
             return f"estop: {self._estop_reason}"
-        if self.is_stale(t_s):
+        if self.is_stale(t_s, wall_s):
             self._safety_stop()
             return "command stale"
         if self._action == PumpAction.STOP:

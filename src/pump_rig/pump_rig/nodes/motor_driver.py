@@ -12,6 +12,7 @@ missing, so a plain ``ros2 run`` or launch works without a lifecycle manager.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -85,6 +86,14 @@ class MotorDriver(LifecycleNode):
                     validator=positive,
                 ),
                 ParamSpec(
+                    "command_timeout_wall_s",
+                    2.0,
+                    "...and for at least this long in wall time (accelerated simulations)",
+                    0.0,
+                    3600.0,
+                    read_only=True,
+                ),
+                ParamSpec(
                     "poll_period_s",
                     0.5,
                     "Device status poll and pump/state period (ROS time)",
@@ -121,6 +130,7 @@ class MotorDriver(LifecycleNode):
                 max_rate_ul_per_h=float(self.params.get("max_rate_ul_per_h")),
                 max_volume_per_command_ul=float(self.params.get("max_volume_per_command_ul")),
                 command_timeout_s=float(self.params.get("command_timeout_s")),
+                command_timeout_wall_s=float(self.params.get("command_timeout_wall_s")),
             )
         )
         self._device: StepperPumpDriver | None = None
@@ -247,14 +257,19 @@ class MotorDriver(LifecycleNode):
         if not clock_valid(self):
             return  # staleness is judged in ROS time: wait until there is one
         verdict = self.policy.on_command(
-            now_s(self), msg.action, msg.flow_rate_ul_per_h, msg.volume_limit_ul, msg.sequence
+            now_s(self),
+            msg.action,
+            msg.flow_rate_ul_per_h,
+            msg.volume_limit_ul,
+            msg.sequence,
+            wall_s=time.monotonic(),
         )
         if not verdict.accepted:
             self._set_condition("COMMAND_REJECTED", True, Severity.WARNING, verdict.message)
             self.get_logger().error(f"command {msg.sequence} refused: {verdict.message}")
         else:
             self._set_condition("COMMAND_REJECTED", False, Severity.WARNING, "")
-            if not self.policy.is_stale(now_s(self)):
+            if not self.policy.is_stale(now_s(self), time.monotonic()):
                 self._set_condition("COMMAND_STALE", False, Severity.CRITICAL, "")
         self._apply()
 
@@ -275,7 +290,7 @@ class MotorDriver(LifecycleNode):
         if not clock_valid(self):
             return
         t_s = now_s(self)
-        if self.policy.is_stale(t_s):
+        if self.policy.is_stale(t_s, time.monotonic()):
             self._set_condition(
                 "COMMAND_STALE",
                 True,
@@ -301,7 +316,11 @@ class MotorDriver(LifecycleNode):
         device = self._device
         if device is None:
             return
-        target = self.policy.target(now_s(self)) if self._active else self._idle_target()
+        target = (
+            self.policy.target(now_s(self), time.monotonic())
+            if self._active
+            else self._idle_target()
+        )
         previous = self._applied
         try:
             if not target.running:
@@ -325,7 +344,11 @@ class MotorDriver(LifecycleNode):
             self.policy.on_device_fault()
 
     def _idle_target(self) -> DriveTarget:
-        return replace(self.policy.target(now_s(self)), running=False, reason="driver inactive")
+        return replace(
+            self.policy.target(now_s(self), time.monotonic()),
+            running=False,
+            reason="driver inactive",
+        )
 
     def _read_status(self) -> None:
         device = self._device
@@ -370,7 +393,7 @@ class MotorDriver(LifecycleNode):
             msg.delivered_volume_ul = status.delivered_ul
             msg.syringe_remaining_ul = status.remaining_ul
             msg.flow_rate_ul_per_h = status.rate_ul_per_h if status.state == "RUNNING" else 0.0
-        target = self.policy.target(t_s)
+        target = self.policy.target(t_s, time.monotonic())
         if self._device is None:
             msg.state = PumpState.DISCONNECTED
             msg.detail = self._last_error or "not connected"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -71,6 +72,15 @@ class PressureMonitor(Node):
                     60.0,
                     read_only=True,
                 ),
+                ParamSpec(
+                    "sample_timeout_wall_s",
+                    2.0,
+                    "A missing sample is a fault only once this much wall time has passed too "
+                    "(accelerated simulations)",
+                    0.0,
+                    3600.0,
+                    read_only=True,
+                ),
                 *detector_param_specs(),
             ],
         )
@@ -84,6 +94,7 @@ class PressureMonitor(Node):
         self._last: LineAssessment | None = None
         self._estop_engaged = False
         self._samples = 0
+        self._last_sample_wall_s = time.monotonic()
 
         self._occlusion_pub = self.create_publisher(
             OcclusionStatus, "occlusion", QOS_OCCLUSION, event_callbacks=NO_PUB_EVENTS
@@ -122,10 +133,16 @@ class PressureMonitor(Node):
         t_s = stamp_to_s(msg.header.stamp) or now_s(self)
         pressure_kpa = msg.fluid_pressure / 1000.0
         self._samples += 1
+        self._last_sample_wall_s = time.monotonic()
         self._handle(self.detector.update(t_s, pressure_kpa, pump_running=self._pump_running))
 
     def _check_timeout(self) -> None:
         if not clock_valid(self):
+            return
+        # The no-sample watchdog is about a dead sensor or publisher: with accelerated time, a
+        # few milliseconds of jitter are many simulated seconds, so require wall time as well.
+        wall_quiet_s = time.monotonic() - self._last_sample_wall_s
+        if wall_quiet_s < float(self.params.get("sample_timeout_wall_s")):
             return
         assessment = self.detector.check_timeout(now_s(self))
         if assessment is not None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import rclpy
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -26,10 +28,15 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> Non
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, RecordingError) as exc:
-        name = getattr(factory, "__name__", "node")
-        print(f"{name}: {exc}", file=sys.stderr)
+    except (ValueError, RecordingError, ParameterException, NameValidationException) as exc:
+        # Bad configuration: one line naming the problem, exit status 2, nothing started.
+        print(f"{Path(sys.argv[0]).name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception:
+        # A signal can shut the context down while the executor is between waits; rclpy then
+        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             close: Any = getattr(node, "close", None)
