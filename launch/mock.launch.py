@@ -2,14 +2,25 @@
 
     ros2 launch pump_rig mock.launch.py
     ros2 launch pump_rig mock.launch.py namespace:=rig2 speed:=600 record:=true
+    ros2 launch pump_rig mock.launch.py record:=true bag_dir:=/data/pump_rig/bags
 
-Arguments: namespace (rig), speed (1.0; above 1 the mock publishes /clock and every other node
-uses sim time), record (false), program (the bundled constant-rate baclofen program), config
-(share/pump_rig/config/mock.yaml), port_link (/tmp/pump_rig/<namespace>/pump).
+Arguments:
+
+* namespace (rig): namespace of every node and rig topic ('' = the root namespace).
+* speed (1.0): simulated seconds per wall second, a positive number; other than 1 the mock
+  publishes /clock and every other node uses sim time.
+* record (false): also start telemetry_recorder, which writes the rig topics to a rosbag2 bag
+  (MCAP) named rig_<date>_<time> inside bag_dir, and closes it cleanly on Ctrl-C.
+* bag_dir (runs): directory the recorder creates its bags in. A relative path is taken from the
+  directory `ros2 launch` runs in and handed to the recorder as an absolute path.
+* program (the bundled constant-rate baclofen program; '' = start without one).
+* config (share/pump_rig/config/mock.yaml): ROS parameter file for all nodes.
+* port_link ('' = /tmp/pump_rig/<namespace>/pump): path of the mock pump's serial device.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
@@ -23,14 +34,25 @@ from launch import LaunchContext, LaunchDescription
 SHARE = Path(get_package_share_directory("pump_rig"))
 
 
+def _speed(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = math.nan
+    if not (math.isfinite(speed) and speed > 0.0):
+        raise ValueError(f"speed must be a positive number of simulated s per wall s, not {text!r}")
+    return speed
+
+
 def _nodes(context: LaunchContext) -> list[Node]:
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
     namespace = arg("namespace").strip("/")
-    speed = float(arg("speed"))
-    sim = speed != 1.0
+    speed = _speed(arg("speed"))
+    sim = not math.isclose(speed, 1.0)  # the same test mock_hardware uses to publish /clock
     port_link = arg("port_link") or f"/tmp/pump_rig/{namespace or 'root'}/pump"
+    bag_dir = str(Path(arg("bag_dir") or "runs").expanduser().absolute())
     config = arg("config")
     common = {"use_sim_time": sim}
 
@@ -54,6 +76,7 @@ def _nodes(context: LaunchContext) -> list[Node]:
         node(
             "telemetry_recorder",
             common,
+            {"output_dir": bag_dir},
             condition=IfCondition(LaunchConfiguration("record")),
         ),
     ]
@@ -68,6 +91,11 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument(
                 "record", default_value="false", description="Record the rig topics to a bag"
+            ),
+            DeclareLaunchArgument(
+                "bag_dir",
+                default_value="runs",
+                description="Directory bags are created in (relative = to the launch's cwd)",
             ),
             DeclareLaunchArgument(
                 "program",

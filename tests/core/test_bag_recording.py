@@ -167,7 +167,7 @@ def test_report_measures_delivery_and_detection(tmp_path: Path, typestore: Any) 
     assert report.max_pressure_kpa == pytest.approx(12.0)
     text = format_report(report)
     assert "OCCLUSION from /rig/pressure_monitor after 30 min 00.0 s" in text
-    assert "ESTOPPED after 30 min 10.0 s" in text
+    assert "stopped by the motor driver on the estop after 30 min 10.0 s" in text
 
 
 def test_existing_bag_is_never_overwritten(tmp_path: Path, typestore: Any) -> None:

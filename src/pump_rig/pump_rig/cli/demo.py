@@ -67,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> None:
     print()
     print(format_report(report))
     print(
-        f"wall time {wall_s:.1f} s for {args.hours:g} h simulated "
+        f"{'wall time':<11} {wall_s:.1f} s for {args.hours:g} h simulated "
         f"(x{args.hours * 3600.0 / wall_s:.0f} overall)"
     )
-    print(f"next      pumprig report {bag}")
+    print(f"{'bag':<11} {bag}  (pumprig report {bag})")

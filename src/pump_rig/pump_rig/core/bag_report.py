@@ -229,34 +229,50 @@ def format_duration(seconds: float) -> str:
     return f"{sign}{secs:.1f} s"
 
 
+def _row(label: str, text: str) -> str:
+    return f"{label:<11} {text}"
+
+
 def format_report(report: RunReport) -> str:
     """Human-readable summary, one fact a line."""
-    lines = [f"run       {report.bag}"]
+    lines = [_row("run", str(report.bag))]
     lines.append(
-        f"span      {format_duration(report.duration_s)} of ROS time, "
-        f"{report.message_count} messages on {len(report.topic_counts)} topics"
+        _row(
+            "span",
+            f"{format_duration(report.duration_s)} of ROS time, "
+            f"{report.message_count} messages on {len(report.topic_counts)} topics",
+        )
     )
     if report.program:
         lines.append(
-            f"program   {report.program}: {report.drug} {report.concentration_ug_per_ml:g} µg/mL "
-            f"at {report.basal_rate_ul_per_h:.3f} µL/h; therapy ended {report.therapy_state}"
+            _row(
+                "program",
+                f"{report.program}: {report.drug} {report.concentration_ug_per_ml:g} µg/mL at "
+                f"{report.basal_rate_ul_per_h:.3f} µL/h; therapy ended {report.therapy_state}",
+            )
         )
     prescribed = report.prescribed_volume_ul
     delivered = report.device_delivered_ul
     if not math.isnan(delivered):
         share = f" ({100.0 * delivered / prescribed:.1f} % of prescribed)" if prescribed > 0 else ""
-        lines.append(f"prescribed {prescribed:.3f} µL over the run")
-        lines.append(f"delivered {delivered:.3f} µL as reported by the device{share}")
+        lines.append(_row("prescribed", f"{prescribed:.3f} µL over the run"))
+        lines.append(_row("delivered", f"{delivered:.3f} µL as reported by the device{share}"))
         if not math.isnan(report.controller_delivered_ul):
             lines.append(
-                f"accounted {report.controller_delivered_ul:.3f} µL by the dosing controller; "
-                f"{report.dose_24h_ug:.3f} µg in the last 24 h"
+                _row(
+                    "accounted",
+                    f"{report.controller_delivered_ul:.3f} µL by the dosing controller; "
+                    f"{report.dose_24h_ug:.3f} µg in the last 24 h",
+                )
             )
     fault = report.first_fault()
     if fault is not None:
-        rel = fault.t_s - report.start_s
-        lines.append(f"fault     {fault.kind} injected at +{format_duration(rel)}")
-        alarm = report.first_alarm_after(fault.t_s)
+        lines.append(
+            _row(
+                "fault", f"{fault.kind} injected at +{format_duration(fault.t_s - report.start_s)}"
+            )
+        )
+        first = report.first_alarm_after(fault.t_s)
         critical = next(
             (
                 a
@@ -265,35 +281,53 @@ def format_report(report: RunReport) -> str:
             ),
             None,
         )
-        for label, line in (("first alarm", alarm), ("critical", critical)):
+        for label, line in (("first alarm", first), ("critical", critical)):
             if line is not None:
                 lines.append(
-                    f"{label:<9} {line.severity} {line.code} from {line.source} after "
-                    f"{format_duration(line.t_s - fault.t_s)}: {line.message}"
+                    _row(
+                        label,
+                        f"{line.severity} {line.code} from {line.source} after "
+                        f"{format_duration(line.t_s - fault.t_s)}: {line.message}",
+                    )
                 )
         if not math.isnan(report.detection_pressure_kpa):
             lines.append(
-                f"detected  at {report.detection_pressure_kpa:.2f} kPa "
-                f"(baseline {report.detection_baseline_kpa:.2f} kPa); "
-                f"peak {report.max_pressure_kpa:.2f} kPa"
+                _row(
+                    "detected",
+                    f"at {report.detection_pressure_kpa:.2f} kPa (baseline "
+                    f"{report.detection_baseline_kpa:.2f} kPa); "
+                    f"peak {report.max_pressure_kpa:.2f} kPa",
+                )
             )
         if report.estop_engaged_s is not None:
             lines.append(
-                f"estop     engaged by {report.estop_source} after "
-                f"{format_duration(report.estop_engaged_s - fault.t_s)}"
+                _row(
+                    "estop",
+                    f"engaged by {report.estop_source} after "
+                    f"{format_duration(report.estop_engaged_s - fault.t_s)}",
+                )
             )
         if report.pump_stopped_s is not None:
+            how = (
+                "by the motor driver on the estop"
+                if report.pump_stopped_state == "ESTOPPED"
+                else f"({report.pump_stopped_state})"
+            )
             lines.append(
-                f"pump      {report.pump_stopped_state} after "
-                f"{format_duration(report.pump_stopped_s - fault.t_s)} (pump/state)"
+                _row(
+                    "pump",
+                    f"stopped {how} after {format_duration(report.pump_stopped_s - fault.t_s)}",
+                )
             )
         if report.controller_stop_s is not None:
             lines.append(
-                f"controller commanded STOP after "
-                f"{format_duration(report.controller_stop_s - fault.t_s)}"
+                _row(
+                    "controller",
+                    f"commanded STOP after {format_duration(report.controller_stop_s - fault.t_s)}",
+                )
             )
     active = [a for a in report.alarms if a.active]
-    lines.append(f"alarms    {len(active)} raised")
+    lines.append(_row("alarms", f"{len(active)} raised"))
     for a in active:
         lines.append(
             f"  +{format_duration(a.t_s - report.start_s):<22} {a.severity:<8} {a.code:<16} "
