@@ -142,6 +142,7 @@ class MotorDriver(LifecycleNode):
         self._last_error = ""
         self._conditions: dict[str, bool] = {}
         self._closing = False
+        self._configure_failures = 0
 
         self._state_pub = self.create_publisher(
             PumpState, "pump/state", QOS_STATE, event_callbacks=NO_PUB_EVENTS
@@ -176,8 +177,15 @@ class MotorDriver(LifecycleNode):
         try:
             self._connect()
         except DeviceError as exc:
-            self._note_error(f"configure failed: {exc}")
+            self._configure_failures += 1
+            if self._autostart_timer is not None and self._configure_failures <= 5:
+                # Started together with the device (launch, mock): give it a few seconds.
+                self.get_logger().warning(f"waiting for the pump: {exc}")
+                self._last_error = str(exc)
+            else:
+                self._note_error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        self._configure_failures = 0
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -381,7 +389,10 @@ class MotorDriver(LifecycleNode):
         try:
             self._device.stop()
         except DeviceError as exc:
-            self._note_error(f"stop failed ({reason}): {exc}")
+            if self._status is not None and self._status.state == "RUNNING":
+                self._note_error(f"could not stop the pump ({reason}): {exc}")
+            else:  # e.g. the mock hardware went away first at shutdown: nothing was running
+                self.get_logger().info(f"stop not sent ({reason}): {exc}")
 
     # -- outputs ----------------------------------------------------------------------------
     def _publish_state(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,11 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> Non
         if rclpy.ok():
             raise
     finally:
+        # `ros2 launch` without a terminal forwards SIGINT to nodes that already got it from
+        # the process group; a second signal must not interrupt closing the bag or stopping
+        # the pump half way.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             close: Any = getattr(node, "close", None)
             if callable(close):
