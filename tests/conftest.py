@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports rclpy: isolate this run from other runs (and from a demo) on the
-# same machine. tools/rig-env already picks one; a bare `pytest` gets one here.
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
+# Before anything imports rclpy: isolate this run from other runs and from a rig the user has
+# running in this checkout's own domain (tools/rig-env picks 1-100 per checkout). Test runs
+# take 150-229, one per process; subprocesses started by tests inherit it.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
