@@ -100,13 +100,21 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     for proc in procs:
         assert proc.poll() is None, logs(bag)
 
-    # SIGINT, as Ctrl-C or `ros2 launch` sends, and SIGTERM (docker stop, systemd) to the
-    # recorder: every node exits cleanly and the bag is closed whole.
-    for name, proc in reversed(list(zip(EXECUTABLES, procs, strict=True))):
-        proc.send_signal(signal.SIGTERM if name == "telemetry_recorder" else signal.SIGINT)
-    for name, proc in zip(EXECUTABLES, procs, strict=True):
+    # SIGINT, as Ctrl-C or `ros2 launch` sends, to the rig; then SIGTERM (docker stop,
+    # systemd) to the recorder, last, so it has heard everything the others published.
+    # Every node exits cleanly and the bag is closed whole.
+    by_name = dict(zip(EXECUTABLES, procs, strict=True))
+    recorder = by_name.pop("telemetry_recorder")
+    for proc in by_name.values():
+        proc.send_signal(signal.SIGINT)
+    for name, proc in by_name.items():
         proc.wait(timeout=20)
         assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{logs(bag)}"
+    recorder.send_signal(signal.SIGTERM)
+    recorder.wait(timeout=20)
+    assert recorder.returncode == 0, (
+        f"telemetry_recorder exited {recorder.returncode}:\n{logs(bag)}"
+    )
 
     report = read_report(bag)
     recorded = {topic.removeprefix(probe.namespace + "/") for topic in report.topic_counts}
