@@ -66,6 +66,14 @@ def rig_processes(
             proc.wait()
 
 
+def exited_cleanly(name: str, proc: subprocess.Popen[bytes], bag: Path) -> None:
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name} still running 20 s after the signal:\n{logs(bag)}") from None
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{logs(bag)}"
+
+
 def logs(bag: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(bag.parent.glob("*.log")))
 
@@ -108,13 +116,9 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     for proc in by_name.values():
         proc.send_signal(signal.SIGINT)
     for name, proc in by_name.items():
-        proc.wait(timeout=20)
-        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{logs(bag)}"
+        exited_cleanly(name, proc, bag)
     recorder.send_signal(signal.SIGTERM)
-    recorder.wait(timeout=20)
-    assert recorder.returncode == 0, (
-        f"telemetry_recorder exited {recorder.returncode}:\n{logs(bag)}"
-    )
+    exited_cleanly("telemetry_recorder", recorder, bag)
 
     report = read_report(bag)
     recorded = {topic.removeprefix(probe.namespace + "/") for topic in report.topic_counts}
