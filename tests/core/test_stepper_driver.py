@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pump_rig.core.faults import FaultKind
-from pump_rig.core.pump_types import SECONDS_PER_HOUR, Direction, PumpRunState
+from pump_rig.core.pump_types import Direction, PumpRunState
 from pump_rig.core.stepper_emulator import DEFAULT_IDENTITY, SerialFaultConfig, StepperEmulator
 from pump_rig.core.stepper_protocol import (
     AckReply,
@@ -26,6 +26,7 @@ from pump_rig.core.stepper_protocol import (
     encode_reply,
     encode_request,
 )
+from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.errors import (
     DeviceDisconnected,
     DeviceProtocolError,
@@ -35,91 +36,16 @@ from pump_rig.drivers.errors import (
 from pump_rig.drivers.pty_device import PtySerialDevice
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import StepperPumpDriver
+from tests.core.pump_fixtures import (
+    MAX_RATE_UL_PER_H,
+    CountingPump,
+    make_pump,
+    on_wire,
+    pump_with_history,
+    whole_steps,
+)
 
 TIMEOUT_S = 0.05  # per attempt; 3 attempts per call with the default 2 retries
-
-
-# ---- a small ideal plunger (same contract as the emulator tests' fake) ------------------------
-
-
-@dataclass(frozen=True)
-class FakeSnapshot:
-    state: PumpRunState
-    direction: Direction
-    rate_ul_per_h: float
-    flow_ul_per_h: float
-    delivered_ul: float
-    remaining_ul: float
-    steps: int
-    inner_diameter_mm: float
-    volume_limit_ul: float
-    limit_reached: bool
-
-
-class FakePump:
-    def __init__(self) -> None:
-        self.inner_diameter_mm = 14.43
-        self.rate_ul_per_h = 0.0
-        self.direction = Direction.INFUSE
-        self.volume_limit_ul = 0.0
-        self.running = False
-        self.delivered_ul = 0.0
-        self.t_s: float | None = None
-        self.starts = 0
-
-    def _advance(self, t_s: float) -> None:
-        if self.running and self.t_s is not None:
-            sign = 1.0 if self.direction is Direction.INFUSE else -1.0
-            self.delivered_ul += sign * self.rate_ul_per_h * (t_s - self.t_s) / SECONDS_PER_HOUR
-        self.t_s = t_s
-
-    def set_diameter(self, t_s: float, inner_diameter_mm: float) -> None:
-        self._advance(t_s)
-        if self.running or not 0.1 <= inner_diameter_mm <= 50.0:
-            raise ValueError("diameter refused")
-        self.inner_diameter_mm = inner_diameter_mm
-
-    def set_rate(self, t_s: float, rate_ul_per_h: float) -> None:
-        self._advance(t_s)
-        if not 0.0 <= rate_ul_per_h <= 1e5:
-            raise ValueError(f"rate {rate_ul_per_h} µL/h above the maximum 100000 µL/h")
-        self.rate_ul_per_h = rate_ul_per_h
-
-    def set_direction(self, t_s: float, direction: Direction) -> None:
-        self._advance(t_s)
-        if self.running:
-            raise ValueError("running")
-        self.direction = direction
-
-    def set_volume_limit(self, t_s: float, volume_ul: float) -> None:
-        self._advance(t_s)
-        self.volume_limit_ul = volume_ul
-
-    def start(self, t_s: float) -> None:
-        self._advance(t_s)
-        if self.rate_ul_per_h <= 0.0:
-            raise ValueError("cannot start at 0 µL/h")
-        self.running = True
-        self.starts += 1
-
-    def stop(self, t_s: float) -> None:
-        self._advance(t_s)
-        self.running = False
-
-    def snapshot(self, t_s: float) -> FakeSnapshot:
-        self._advance(t_s)
-        return FakeSnapshot(
-            state=PumpRunState.RUNNING if self.running else PumpRunState.IDLE,
-            direction=self.direction,
-            rate_ul_per_h=self.rate_ul_per_h,
-            flow_ul_per_h=self.rate_ul_per_h if self.running else 0.0,
-            delivered_ul=self.delivered_ul,
-            remaining_ul=10_000.0 - self.delivered_ul,
-            steps=round(self.delivered_ul * 24.458929642615516),
-            inner_diameter_mm=self.inner_diameter_mm,
-            volume_limit_ul=self.volume_limit_ul,
-            limit_reached=False,
-        )
 
 
 # ---- the rig ----------------------------------------------------------------------------------
@@ -127,7 +53,7 @@ class FakePump:
 
 @dataclass
 class Rig:
-    pump: FakePump
+    pump: CountingPump
     emulator: StepperEmulator
     device: PtySerialDevice
     lock: threading.Lock
@@ -138,14 +64,14 @@ class Rig:
         with self.lock:
             self.emulator.set_fault_config(config)
 
-    def pump_snapshot(self) -> FakeSnapshot:
+    def pump_snapshot(self) -> PumpSnapshot:
         with self.lock:
             return self.pump.snapshot(time.monotonic())
 
 
 def make_rig(tmp_path: Path, *, watchdog_s: float | None = None) -> Rig:
     lock = threading.Lock()
-    pump = FakePump()
+    pump = make_pump()
     emulator = StepperEmulator(pump, pressure_source=lambda t_s: 1.5, seed=3, watchdog_s=watchdog_s)
     link_path = tmp_path / "osp0"
     device = PtySerialDevice(emulator, time.monotonic, lock=lock, link_path=link_path)
@@ -170,14 +96,22 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 3.0)
         time.sleep(0.005)
 
 
+HISTORY_UL = 1.234567  # a run to this volume limit at the maximum rate takes ~45 ms
+
+
 def idle_with_history(rig: Rig) -> DeviceStatus:
     """Put the pump in a known, constant state and return its (clean) status."""
-    rig.driver.set_rate(120.0)
-    with rig.lock:
-        rig.pump.delivered_ul = 123.456789
-    status = rig.driver.status()
-    assert status.delivered_ul == 123.456789
-    assert status.state is DeviceState.IDLE
+    driver = rig.driver
+    driver.set_volume_limit(HISTORY_UL)
+    driver.set_rate(MAX_RATE_UL_PER_H)
+    driver.start()
+    wait_until(lambda: driver.status().state is DeviceState.IDLE, "the run to end at its limit")
+    driver.set_rate(120.0)
+    status = driver.status()
+    ul_per_step = rig.pump.ul_per_step
+    assert status.delivered_ul == on_wire(whole_steps(HISTORY_UL, ul_per_step) * ul_per_step)
+    assert status.state is DeviceState.IDLE and status.limit_reached
+    assert status.rate_ul_per_h == 120.0
     return status
 
 
@@ -216,8 +150,8 @@ def test_configure_run_status_stop(rig: Rig) -> None:
     status = driver.status()
     assert status.state is DeviceState.IDLE
     snap = rig.pump_snapshot()  # idle: the pump's counter no longer moves
-    assert status.delivered_ul == float(f"{snap.delivered_ul:.6f}")
-    assert status.remaining_ul == float(f"{snap.remaining_ul:.6f}")
+    assert status.delivered_ul == on_wire(snap.delivered_ul)
+    assert status.remaining_ul == on_wire(snap.remaining_ul)
     assert status.steps == snap.steps
     assert rig.pump.starts == 1
 
@@ -266,7 +200,7 @@ def test_garbage_is_retried_and_never_yields_a_wrong_status(rig: Rig) -> None:
 
 
 def test_all_replies_corrupted_gives_a_protocol_error_after_bounded_retries(rig: Rig) -> None:
-    idle_with_history(rig)
+    expected = idle_with_history(rig)
     rig.configure_emulator(SerialFaultConfig(garbage_probability=1.0))
     rig.device.set_fault(FaultKind.SERIAL_GARBAGE, True)
     before = rig.driver.stats
@@ -276,7 +210,7 @@ def test_all_replies_corrupted_gives_a_protocol_error_after_bounded_retries(rig:
     assert after.requests - before.requests == 3
     assert after.replies == before.replies
     rig.device.clear_faults()
-    assert rig.driver.status().delivered_ul == 123.456789
+    assert rig.driver.status() == expected
 
 
 def test_dropped_replies_time_out_but_the_command_ran_once(rig: Rig) -> None:
@@ -369,14 +303,14 @@ class ForgingDevice:
 
 
 def test_stale_and_mismatched_replies_are_skipped(tmp_path: Path) -> None:
-    pump = FakePump()
-    pump.delivered_ul = 42.0
+    pump = pump_with_history(42.0, idle_at_s=time.monotonic())
+    delivered_ul = on_wire(whole_steps(42.0, pump.ul_per_step) * pump.ul_per_step)
     with PtySerialDevice(ForgingDevice(StepperEmulator(pump)), time.monotonic) as device:
         driver = StepperPumpDriver.open(device.port, timeout_s=TIMEOUT_S, first_seq=7)
         try:
             for _ in range(5):
                 status = driver.status()
-                assert status.delivered_ul == 42.0
+                assert status.delivered_ul == delivered_ul
                 assert status.direction is Direction.INFUSE
             assert driver.stats.discarded_lines >= 10  # more if a retry was needed
             assert driver.stats.replies == 5
@@ -409,7 +343,7 @@ class NoisyInbound:
 
 
 def test_a_request_damaged_on_the_way_in_is_resent_at_once() -> None:
-    pump = FakePump()
+    pump = make_pump()
     with PtySerialDevice(NoisyInbound(StepperEmulator(pump)), time.monotonic) as device:
         # a generous timeout: the retransmission must come from the device's ER 10, not it
         driver = StepperPumpDriver.open(device.port, timeout_s=5.0, first_seq=65535)
@@ -436,7 +370,7 @@ def test_missing_port_says_so() -> None:
 
 def test_unplug_mid_run_then_replug_via_the_symlink(rig: Rig) -> None:
     driver = rig.driver
-    driver.set_rate(3600.0)
+    driver.set_rate(MAX_RATE_UL_PER_H)  # a microstep every ~1.5 ms: the counter shows progress
     driver.start()
     before = driver.status().delivered_ul
     rig.device.set_fault(FaultKind.UNPLUG, True)

@@ -1,14 +1,13 @@
-"""The open syringe pump firmware emulator, bytes in / bytes out, against a fake plunger."""
+"""The open syringe pump firmware emulator, bytes in / bytes out, driving the real pump model."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 
 from pump_rig.core.faults import FaultKind
-from pump_rig.core.pump_types import SECONDS_PER_HOUR, Direction, PumpRunState
+from pump_rig.core.pump_types import Direction, PumpRunState
 from pump_rig.core.stepper_emulator import (
     DEFAULT_IDENTITY,
     SerialFaultConfig,
@@ -39,118 +38,14 @@ from pump_rig.core.stepper_protocol import (
     encode_request,
     trim_to_frame_start,
 )
-
-# ---- a small ideal plunger satisfying PumpMechanics ------------------------------------------
-
-
-@dataclass(frozen=True)
-class FakeSnapshot:
-    state: PumpRunState
-    direction: Direction
-    rate_ul_per_h: float
-    flow_ul_per_h: float
-    delivered_ul: float
-    remaining_ul: float
-    steps: int
-    inner_diameter_mm: float
-    volume_limit_ul: float
-    limit_reached: bool
-
-
-class FakePump:
-    """Volume follows the rate exactly; a volume limit ends the run at exactly the limit."""
-
-    def __init__(self, *, syringe_ul: float = 10_000.0, max_rate_ul_per_h: float = 1e5) -> None:
-        self.syringe_ul = syringe_ul
-        self.max_rate_ul_per_h = max_rate_ul_per_h
-        self.inner_diameter_mm = 14.43
-        self.rate_ul_per_h = 0.0
-        self.direction = Direction.INFUSE
-        self.volume_limit_ul = 0.0
-        self.running = False
-        self.stalled = False
-        self.limit_reached = False
-        self.delivered_ul = 0.0  # at seg_t0_s
-        self.run_moved_ul = 0.0  # since the last start, at seg_t0_s
-        self.seg_t0_s = 0.0
-        self.starts = 0
-        self.stops = 0
-
-    def _advance(self, t_s: float) -> None:
-        if self.running and not self.stalled:
-            moved = self.rate_ul_per_h * (t_s - self.seg_t0_s) / SECONDS_PER_HOUR
-            if self.volume_limit_ul > 0.0 and self.run_moved_ul + moved >= self.volume_limit_ul:
-                moved = self.volume_limit_ul - self.run_moved_ul
-                self.running = False
-                self.limit_reached = True
-            sign = 1.0 if self.direction is Direction.INFUSE else -1.0
-            self.delivered_ul += sign * moved
-            self.run_moved_ul += moved
-        self.seg_t0_s = t_s
-
-    def set_diameter(self, t_s: float, inner_diameter_mm: float) -> None:
-        self._advance(t_s)
-        if self.running:
-            raise ValueError("running")
-        if not 0.1 <= inner_diameter_mm <= 50.0:
-            raise ValueError(f"diameter {inner_diameter_mm} mm out of range 0.1..50 mm")
-        self.inner_diameter_mm = inner_diameter_mm
-
-    def set_rate(self, t_s: float, rate_ul_per_h: float) -> None:
-        self._advance(t_s)
-        if not (math.isfinite(rate_ul_per_h) and 0.0 <= rate_ul_per_h <= self.max_rate_ul_per_h):
-            raise ValueError(
-                f"rate {rate_ul_per_h} µL/h above the maximum <{self.max_rate_ul_per_h}>"
-            )
-        self.rate_ul_per_h = rate_ul_per_h
-
-    def set_direction(self, t_s: float, direction: Direction) -> None:
-        self._advance(t_s)
-        if self.running:
-            raise ValueError("running")
-        self.direction = direction
-
-    def set_volume_limit(self, t_s: float, volume_ul: float) -> None:
-        self._advance(t_s)
-        if volume_ul < 0.0:
-            raise ValueError("negative limit")
-        self.volume_limit_ul = volume_ul
-
-    def start(self, t_s: float) -> None:
-        self._advance(t_s)
-        if self.rate_ul_per_h <= 0.0:
-            raise ValueError("cannot start: the rate is 0 µL/h")
-        self.running = True
-        self.limit_reached = False
-        self.run_moved_ul = 0.0
-        self.starts += 1
-
-    def stop(self, t_s: float) -> None:
-        self._advance(t_s)
-        self.running = False
-        self.stops += 1
-
-    def snapshot(self, t_s: float) -> FakeSnapshot:
-        self._advance(t_s)
-        if not self.running:
-            state = PumpRunState.IDLE
-        else:
-            state = PumpRunState.STALLED if self.stalled else PumpRunState.RUNNING
-        moving = state is PumpRunState.RUNNING
-        sign = 1.0 if self.direction is Direction.INFUSE else -1.0
-        return FakeSnapshot(
-            state=state,
-            direction=self.direction,
-            rate_ul_per_h=self.rate_ul_per_h,
-            flow_ul_per_h=sign * self.rate_ul_per_h if moving else 0.0,
-            delivered_ul=self.delivered_ul,
-            remaining_ul=max(0.0, self.syringe_ul - self.delivered_ul),
-            steps=round(self.delivered_ul * 25.0),
-            inner_diameter_mm=self.inner_diameter_mm,
-            volume_limit_ul=self.volume_limit_ul,
-            limit_reached=self.limit_reached,
-        )
-
+from tests.core.pump_fixtures import (
+    SYRINGE_UL,
+    CountingPump,
+    make_pump,
+    on_wire,
+    pump_with_history,
+    whole_steps,
+)
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -187,12 +82,12 @@ def framed(body: bytes) -> bytes:
 
 
 @pytest.fixture
-def pump() -> FakePump:
-    return FakePump()
+def pump() -> CountingPump:
+    return make_pump()
 
 
 @pytest.fixture
-def emu(pump: FakePump) -> StepperEmulator:
+def emu(pump: CountingPump) -> StepperEmulator:
     return StepperEmulator(pump)
 
 
@@ -205,7 +100,7 @@ def test_identify_reports_model_firmware_serial_and_protocol(emu: StepperEmulato
     assert reply.identity.protocol == 1
 
 
-def test_configure_run_and_status_follow_the_pump(emu: StepperEmulator, pump: FakePump) -> None:
+def test_configure_run_and_status_follow_the_pump(emu: StepperEmulator, pump: CountingPump) -> None:
     assert send(emu, SetDiameter(1, 4.78), 0.0) == AckReply(1, Command.SET_DIAMETER, 4.78)
     assert send(emu, SetRate(2, 360.0), 0.0) == AckReply(2, Command.SET_RATE, 360.0)
     assert send(emu, SetDirection(3, Direction.INFUSE), 0.0) == AckReply(
@@ -213,37 +108,50 @@ def test_configure_run_and_status_follow_the_pump(emu: StepperEmulator, pump: Fa
     )
     assert send(emu, SetVolumeLimit(4, 0.0), 0.0) == AckReply(4, Command.SET_VOLUME_LIMIT, 0.0)
     assert send(emu, Run(5), 10.0) == AckReply(5, Command.RUN)
-    st = status(emu, 6, 20.0).status  # 10 s at 360 µL/h = 1 µL
+    ul_per_step = pump.ul_per_step  # of the 4.78 mm syringe now set
+    st = status(emu, 6, 20.0).status  # 10 s at 360 µL/h = 1 µL, in whole microsteps
+    steps = whole_steps(1.0, ul_per_step)
     assert st.state is DeviceState.RUNNING
     assert st.direction is Direction.INFUSE
     assert st.rate_ul_per_h == 360.0
     assert st.flow_ul_per_h == 360.0
-    assert st.delivered_ul == pytest.approx(1.0, abs=1e-6)
-    assert st.remaining_ul == pytest.approx(9999.0, abs=1e-6)
-    assert st.steps == 25
+    assert st.delivered_ul == on_wire(steps * ul_per_step)
+    assert st.remaining_ul == on_wire(SYRINGE_UL - steps * ul_per_step)
+    assert st.steps == steps
     assert st.inner_diameter_mm == 4.78
     assert st.pressure_kpa is None
     assert st.flags == frozenset()
     assert send(emu, Stop(7), 30.0) == AckReply(7, Command.STOP)
-    st = status(emu, 8, 100.0).status
+    st = status(emu, 8, 100.0).status  # stopped after 20 s: 2 µL
+    steps = whole_steps(2.0, ul_per_step)
     assert st.state is DeviceState.IDLE
-    assert st.delivered_ul == pytest.approx(2.0, abs=1e-6)
+    assert st.delivered_ul == on_wire(steps * ul_per_step)
+    assert st.steps == steps
     assert pump.starts == 1
 
 
-def test_delivered_counter_keeps_six_decimals(emu: StepperEmulator, pump: FakePump) -> None:
-    pump.delivered_ul = 4_320_000.123456
-    assert status(emu, 1, 0.0).status.delivered_ul == 4_320_000.123456
+def test_delivered_counter_keeps_six_decimals() -> None:
+    # 4.32 L delivered (43.2 h at the maximum rate): the counter of months of therapy.
+    volume_ul = 4_320_000.123456
+    pump = pump_with_history(volume_ul, idle_at_s=0.0, syringe_volume_ul=5_000_000.0)
+    exact_ul = whole_steps(volume_ul, pump.ul_per_step) * pump.ul_per_step
+    assert pump.snapshot(0.0).delivered_ul == exact_ul
+    reported = status(StepperEmulator(pump), 1, 0.0).status.delivered_ul
+    assert reported == on_wire(exact_ul)
+    assert abs(reported - exact_ul) <= 5e-7
+    assert round(reported, 5) != reported  # the sixth decimal is really carried
 
 
-def test_volume_limit_sets_the_limit_flag(emu: StepperEmulator) -> None:
+def test_volume_limit_sets_the_limit_flag(emu: StepperEmulator, pump: CountingPump) -> None:
     send(emu, SetRate(1, 3600.0), 0.0)
     send(emu, SetVolumeLimit(2, 5.0), 0.0)
     send(emu, Run(3), 0.0)
     st = status(emu, 4, 100.0).status
     assert st.state is DeviceState.IDLE
     assert st.limit_reached and "LIMIT" in st.flags
-    assert st.delivered_ul == pytest.approx(5.0)
+    steps = whole_steps(5.0, pump.ul_per_step)  # the run ends on the last whole step in 5 µL
+    assert st.delivered_ul == on_wire(steps * pump.ul_per_step)
+    assert st.steps == steps
     assert st.volume_limit_ul == 5.0
 
 
@@ -261,7 +169,7 @@ def test_rate_can_change_while_running_but_diameter_and_direction_cannot(
     )
 
 
-def test_run_and_stop_are_idempotent(emu: StepperEmulator, pump: FakePump) -> None:
+def test_run_and_stop_are_idempotent(emu: StepperEmulator, pump: CountingPump) -> None:
     send(emu, SetRate(1, 100.0), 0.0)
     assert send(emu, Run(2), 0.0) == AckReply(2, Command.RUN)
     assert send(emu, Run(3), 1.0) == AckReply(3, Command.RUN)
@@ -273,12 +181,16 @@ def test_run_and_stop_are_idempotent(emu: StepperEmulator, pump: FakePump) -> No
 
 def test_out_of_range_and_refused_errors_carry_ascii_messages(emu: StepperEmulator) -> None:
     reply = error(send(emu, SetRate(1, 2e6), 0.0), ErrorCode.OUT_OF_RANGE, 1)
-    assert "uL/h" in reply.message and "?100000.0?" in reply.message  # µ and <> sanitized
+    assert reply.message.isascii() and "µ" not in reply.message
+    assert "maximum 100000.0 uL/h" in reply.message  # the pump's own message, µ sanitized
     error(send(emu, SetDiameter(2, 80.0), 0.0), ErrorCode.OUT_OF_RANGE, 2)
     error(send(emu, Run(3), 0.0), ErrorCode.REFUSED, 3)  # rate still 0
+    # The real pump's messages hold no '<' or '>'; the firmware's own about them do.
+    reply = error(one(emu.feed(framed(b">4 RAT <1"), 0.0)), ErrorCode.FRAME, None)
+    assert "'?' and '?'" in reply.message  # '<' and '>' sanitized
 
 
-def test_pressure_channel(pump: FakePump) -> None:
+def test_pressure_channel(pump: CountingPump) -> None:
     readings: list[float | None] = [1.25, None, math.nan]
     emu = StepperEmulator(pump, pressure_source=lambda t_s: readings[int(t_s)])
     assert status(emu, 1, 0.0).status.pressure_kpa == 1.25
@@ -288,10 +200,10 @@ def test_pressure_channel(pump: FakePump) -> None:
     assert st.pressure_kpa is None and st.flags == frozenset({"PFAULT"})
 
 
-def test_stalled_pump_reports_stalled(emu: StepperEmulator, pump: FakePump) -> None:
+def test_stalled_pump_reports_stalled(emu: StepperEmulator, pump: CountingPump) -> None:
     send(emu, SetRate(1, 100.0), 0.0)
     send(emu, Run(2), 0.0)
-    pump.stalled = True
+    pump.set_stalled(0.0, True)
     st = status(emu, 3, 5.0).status
     assert st.state is DeviceState.STALLED
     assert st.flow_ul_per_h == 0.0
@@ -320,12 +232,12 @@ def test_crlf_terminator_and_blank_lines(emu: StepperEmulator) -> None:
 
 
 def test_bad_checksum_gets_an_unsequenced_error_and_does_nothing(
-    emu: StepperEmulator, pump: FakePump
+    emu: StepperEmulator, pump: CountingPump
 ) -> None:
     frame = bytearray(encode_request(SetRate(5, 100.0)))
     frame[8] = ord("7")  # the rate changes, the CRC no longer matches
     error(one(emu.feed(bytes(frame), 0.0)), ErrorCode.CHECKSUM, None)
-    assert pump.rate_ul_per_h == 0.0
+    assert pump.snapshot(0.0).rate_ul_per_h == 0.0
 
 
 def test_unknown_command_and_bad_arguments_echo_the_seq(emu: StepperEmulator) -> None:
@@ -364,7 +276,7 @@ def test_longest_allowed_line_is_accepted_and_one_more_is_not(emu: StepperEmulat
 
 
 def test_repeated_request_is_answered_again_not_executed_again(
-    emu: StepperEmulator, pump: FakePump
+    emu: StepperEmulator, pump: CountingPump
 ) -> None:
     send(emu, SetRate(1, 100.0), 0.0)
     run = encode_request(Run(2))
@@ -378,24 +290,27 @@ def test_repeated_request_is_answered_again_not_executed_again(
 
 
 def test_a_retried_run_after_its_limit_is_not_restarted(
-    emu: StepperEmulator, pump: FakePump
+    emu: StepperEmulator, pump: CountingPump
 ) -> None:
     send(emu, SetRate(1, 3600.0), 0.0)
     send(emu, SetVolumeLimit(2, 1.0), 0.0)
     run = encode_request(Run(3))
     first = emu.feed(run, 0.0)
-    # reply lost; 1.5 s later (run ended at 1 s) the host retries the very same frame
+    # reply lost; 1.5 s later (run ended before 1 s, on the last whole step in 1 µL) the host
+    # retries the very same frame
     assert emu.feed(run, 1.5) == first
     assert pump.starts == 1
-    assert pump.snapshot(1.5).delivered_ul == pytest.approx(1.0)
+    snap = pump.snapshot(1.5)
+    assert snap.state is PumpRunState.IDLE and snap.limit_reached
+    assert snap.delivered_ul == whole_steps(1.0, pump.ul_per_step) * pump.ul_per_step
 
 
 def test_same_seq_with_another_body_or_after_the_window_is_executed(
-    emu: StepperEmulator, pump: FakePump
+    emu: StepperEmulator, pump: CountingPump
 ) -> None:
     send(emu, SetRate(1, 10.0), 0.0)
     send(emu, SetRate(1, 20.0), 0.0)  # same SEQ, new request: a new host session
-    assert pump.rate_ul_per_h == 20.0
+    assert pump.snapshot(0.0).rate_ul_per_h == 20.0
     send(emu, Run(2), 0.0)
     send(emu, Stop(3), 1.0)
     frame = encode_request(Run(2))
@@ -407,47 +322,47 @@ def test_same_seq_with_another_body_or_after_the_window_is_executed(
 # ---- watchdog -----------------------------------------------------------------------------------
 
 
-def test_watchdog_is_off_by_default(emu: StepperEmulator, pump: FakePump) -> None:
+def test_watchdog_is_off_by_default(emu: StepperEmulator, pump: CountingPump) -> None:
     send(emu, SetRate(1, 10.0), 0.0)
     send(emu, Run(2), 0.0)
     emu.due_output(1e6)
-    assert pump.running
+    assert pump.snapshot(1e6).state is PumpRunState.RUNNING
 
 
-def test_watchdog_stops_a_silent_hosts_pump_and_flags_it(pump: FakePump) -> None:
+def test_watchdog_stops_a_silent_hosts_pump_and_flags_it(pump: CountingPump) -> None:
     emu = StepperEmulator(pump, watchdog_s=3.0)
     send(emu, SetRate(1, 10.0), 0.0)
     send(emu, Run(2), 0.0)
     emu.due_output(2.9)
-    assert pump.running
+    assert pump.snapshot(2.9).state is PumpRunState.RUNNING
     status(emu, 3, 2.9)  # a valid frame re-arms the watchdog
     emu.due_output(5.8)
-    assert pump.running
+    assert pump.snapshot(5.8).state is PumpRunState.RUNNING
     emu.due_output(6.0)
-    assert not pump.running
+    assert pump.snapshot(6.0).state is PumpRunState.IDLE
     st = status(emu, 4, 7.0).status
     assert st.state is DeviceState.IDLE and "WDOG" in st.flags
     send(emu, Run(5), 8.0)
     assert "WDOG" not in status(emu, 6, 8.0).status.flags
 
 
-def test_invalid_frames_do_not_feed_the_watchdog(pump: FakePump) -> None:
+def test_invalid_frames_do_not_feed_the_watchdog(pump: CountingPump) -> None:
     emu = StepperEmulator(pump, watchdog_s=1.0)
     send(emu, SetRate(1, 10.0), 0.0)
     send(emu, Run(2), 0.0)
     emu.feed(b"garbage\n", 0.9)
     emu.feed(framed(b">3 FOO"), 0.95)
     emu.due_output(1.1)
-    assert not pump.running
+    assert pump.snapshot(1.1).state is PumpRunState.IDLE
 
 
 # ---- serial faults ------------------------------------------------------------------------------
 
 
-def test_dropped_replies_still_execute(emu: StepperEmulator, pump: FakePump) -> None:
+def test_dropped_replies_still_execute(emu: StepperEmulator, pump: CountingPump) -> None:
     emu.set_fault(FaultKind.SERIAL_DROP, True)
     assert emu.feed(encode_request(SetRate(1, 42.0)), 0.0) == b""
-    assert pump.rate_ul_per_h == 42.0
+    assert pump.snapshot(0.0).rate_ul_per_h == 42.0
     emu.set_fault(FaultKind.SERIAL_DROP, False)
     assert status(emu, 2, 0.0).status.rate_ul_per_h == 42.0
 
@@ -471,9 +386,9 @@ def test_delayed_replies_are_also_returned_by_feed_when_due(emu: StepperEmulator
     assert [r.seq for r in got] == [2, 1]  # the late one arrives after the prompt one
 
 
-def test_garbage_never_yields_a_wrong_reply(pump: FakePump) -> None:
+def test_garbage_never_yields_a_wrong_reply(pump: CountingPump) -> None:
     """Every line the host may see either fails to decode or is exactly the clean reply."""
-    clean = StepperEmulator(FakePump())
+    clean = StepperEmulator(make_pump())
     dirty = StepperEmulator(pump, seed=7)
     dirty.set_fault(FaultKind.SERIAL_GARBAGE, True)
     corrupted = intact = 0
