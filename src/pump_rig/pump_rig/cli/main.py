@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 

@@ -70,7 +70,6 @@ class Stack:
         self._common = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim else []
         self.nodes: list[Node] = []
         self.mock: MockHardware | None = None
-        self.recorder: TelemetryRecorder | None = None
         try:
             self._build()
         except BaseException:
@@ -111,7 +110,7 @@ class Stack:
         if opts.controller:
             self._make(DosingController, "dosing_controller", controller_overrides)
         if opts.record is not None:
-            self.recorder = self._make(  # type: ignore[assignment]
+            self._make(
                 TelemetryRecorder,
                 "telemetry_recorder",
                 [Parameter("bag_path", Parameter.Type.STRING, str(opts.record))],

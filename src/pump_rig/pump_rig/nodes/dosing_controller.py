@@ -128,6 +128,13 @@ class DosingController(Node):
     def _max_rate(self) -> float:
         return float(self.params.get("max_rate_ul_per_h"))
 
+    def _refuse_before_start(self, response: Any) -> bool:
+        """Services answer "not yet" until ROS time is valid (see ``started``)."""
+        if self.started:
+            return False
+        response.success, response.message = False, "controller not started: no ROS time yet"
+        return True
+
     # -- inputs ---------------------------------------------------------------------------
     def _on_pump_state(self, msg: PumpState) -> None:
         # Keep our command sequence ahead of whatever the driver last applied (a restarted
@@ -156,8 +163,7 @@ class DosingController(Node):
     def _on_set_program(
         self, request: SetProgram.Request, response: SetProgram.Response
     ) -> SetProgram.Response:
-        if not self.started:
-            response.success, response.message = False, "controller not started: no ROS time yet"
+        if self._refuse_before_start(response):
             return response
         try:
             program = parse_program(
@@ -179,8 +185,7 @@ class DosingController(Node):
         return response
 
     def _on_suspend(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if not self.started:
-            response.success, response.message = False, "controller not started: no ROS time yet"
+        if self._refuse_before_start(response):
             return response
         self.core.suspend(now_s(self), "suspended by operator")
         self._tick()
@@ -188,9 +193,9 @@ class DosingController(Node):
         return response
 
     def _on_resume(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self._refuse_before_start(response):
+            return response
         try:
-            if not self.started:
-                raise TherapyError("no ROS time yet")
             self.core.resume(now_s(self))
         except TherapyError as exc:
             response.success, response.message = False, f"cannot resume: {exc}"
@@ -202,8 +207,7 @@ class DosingController(Node):
     def _on_clear_alarms(
         self, _req: Trigger.Request, response: Trigger.Response
     ) -> Trigger.Response:
-        if not self.started:
-            response.success, response.message = False, "controller not started: no ROS time yet"
+        if self._refuse_before_start(response):
             return response
         self.core.clear_alarms(now_s(self))
         self._tick()

@@ -41,19 +41,12 @@ def positive(value: Any) -> str | None:
     return None
 
 
-def non_negative(value: Any) -> str | None:
-    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        return f"must be a finite number >= 0 (got {value!r})"
-    return None
-
-
 class ParamSet:
     """Declares parameters on a node and refuses invalid updates with a reason."""
 
     def __init__(self, node: Node, specs: Sequence[ParamSpec]) -> None:
         self._node = node
         self._specs = {spec.name: spec for spec in specs}
-        self._on_change: list[Callable[[str, Any], None]] = []
         for spec in specs:
             node.declare_parameter(spec.name, spec.default, self._descriptor(spec))
         problems = [
@@ -64,13 +57,9 @@ class ParamSet:
         if problems:
             raise ValueError(f"{node.get_name()}: invalid parameters: " + "; ".join(problems))
         node.add_on_set_parameters_callback(self._validate)
-        node.add_post_set_parameters_callback(self._notify)
 
     def get(self, name: str) -> Any:
         return self._node.get_parameter(name).value
-
-    def on_change(self, callback: Callable[[str, Any], None]) -> None:
-        self._on_change.append(callback)
 
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
         descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
@@ -117,9 +106,3 @@ class ParamSet:
             if problem is not None:
                 return SetParametersResult(successful=False, reason=f"{param.name}: {problem}")
         return SetParametersResult(successful=True)
-
-    def _notify(self, params: list[Parameter[Any]]) -> None:
-        for param in params:
-            if param.name in self._specs:
-                for callback in self._on_change:
-                    callback(param.name, param.value)

@@ -97,16 +97,12 @@ class TelemetryRecorder(Node):
         self.create_service(Trigger, "~/split", self._on_split)
         self.create_service(Trigger, "~/stop", self._on_stop)
         # Discovery runs on wall time: with simulated time the clock may not move yet.
-        self._discovery = self.create_timer(
+        self.create_timer(
             float(self.params.get("discovery_period_s")), self._discover, clock=wall_clock()
         )
         self.create_timer(1.0, self._publish_diagnostics, clock=wall_clock())
         self._discover()
         self.get_logger().info(f"recording to {path}")
-
-    @property
-    def bag_path(self) -> Path | None:
-        return self._bag.path if self._bag else None
 
     @property
     def message_count(self) -> int:
