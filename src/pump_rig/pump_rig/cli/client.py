@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import rclpy
 from rclpy.context import Context
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 
-from pump_rig.nodes.contract import TOPICS_BY_NAME
+from pump_rig.nodes.contract import NO_SUB_EVENTS, TOPICS_BY_NAME
 
 
 class RigUnreachableError(Exception):
@@ -18,7 +18,16 @@ class RigUnreachableError(Exception):
 
 
 class RigClient:
-    def __init__(self, namespace: str = "/rig", context: Context | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str = "/rig",
+        context: Context | None = None,
+        discovery_timeout_s: float = 10.0,
+    ) -> None:
+        # One discovery window for the client's life: a topic nobody publishes costs at most
+        # what is left of it, not a full timeout per topic.
+        self._discovery_deadline = time.monotonic() + discovery_timeout_s
+        self._inboxes: dict[str, list[Any]] = {}
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.context = context or Context()
         if not self.context.ok():
@@ -36,7 +45,8 @@ class RigClient:
         """Call a service; RigUnreachableError when nobody serves it within the timeout."""
         client: Any = self.node.create_client(srv_type, self.full(name))
         try:
-            if not client.wait_for_service(timeout_sec=timeout_s):
+            discovery_left_s = self._discovery_deadline - time.monotonic()
+            if not client.wait_for_service(timeout_sec=max(timeout_s, discovery_left_s)):
                 raise RigUnreachableError(
                     f"service {self.full(name)} not available (is the rig running in this "
                     f"namespace and ROS_DOMAIN_ID?)"
@@ -54,38 +64,54 @@ class RigClient:
             self.node.destroy_client(client)
 
     def latest(self, topic: str, timeout_s: float = 3.0) -> Any | None:
-        """The next (or latched) message on a rig topic, or None if none arrives in time."""
-        spec = TOPICS_BY_NAME[topic]
-        msg_type = _message_class(spec.type_name)
-        received: list[Any] = []
-        qos = QoSProfile(
-            depth=spec.qos.depth, reliability=spec.qos.reliability, durability=spec.qos.durability
-        )
-        sub = self.node.create_subscription(msg_type, self.full(topic), received.append, qos)
-        try:
-            deadline = time.monotonic() + timeout_s
-            executor = self._executor()
-            while not received and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return received[-1] if received else None
-        finally:
-            self.node.destroy_subscription(sub)
+        """The newest (or latched) message on a rig topic, or None if none arrives in time.
+
+        ``timeout_s`` counts from the moment a publisher is discovered: on a loaded machine DDS
+        discovery alone can take seconds, and it must not be mistaken for a silent rig.
+        """
+        received = self._subscription(topic)
+        if self._await_publisher(topic):
+            self._spin_until(lambda: bool(received), timeout_s)
+        del received[:-1]  # a long-lived client keeps only what the next call can return
+        return received[-1] if received else None
 
     def collect(self, topic: str, duration_s: float) -> list[Any]:
         """Every message on ``topic`` (latched ones included) during ``duration_s``."""
-        spec = TOPICS_BY_NAME[topic]
-        received: list[Any] = []
-        sub = self.node.create_subscription(
-            _message_class(spec.type_name), self.full(topic), received.append, spec.qos
+        received = self._subscription(topic)
+        if self._await_publisher(topic):
+            self._spin_until(lambda: False, duration_s)
+        return list(received)
+
+    def _subscription(self, topic: str) -> list[Any]:
+        """One subscription per topic for the client's lifetime; returns its inbox."""
+        if topic not in self._inboxes:
+            spec = TOPICS_BY_NAME[topic]
+            inbox: list[Any] = []
+            self.node.create_subscription(
+                _message_class(spec.type_name),
+                self.full(topic),
+                inbox.append,
+                spec.qos,
+                event_callbacks=NO_SUB_EVENTS,
+            )
+            self._inboxes[topic] = inbox
+        return self._inboxes[topic]
+
+    def _await_publisher(self, topic: str) -> bool:
+        name = self.full(topic)
+        return self._spin_until(
+            lambda: self.node.count_publishers(name) > 0,
+            self._discovery_deadline - time.monotonic(),
         )
-        try:
-            deadline = time.monotonic() + duration_s
-            executor = self._executor()
-            while time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return received
-        finally:
-            self.node.destroy_subscription(sub)
+
+    def _spin_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        executor = self._executor()
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            executor.spin_once(timeout_sec=0.05)
+        return True
 
     def _executor(self) -> Any:
         if not hasattr(self, "_exec"):

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pumprig", description="Run and operate the pump_rig intrathecal pump bench rig."
     )
     parser.add_argument("-n", "--namespace", default="/rig", help="rig namespace (default: /rig)")
+    parser.add_argument(
+        "--wait",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="how long to wait for a running rig to be discovered (default: 10 s)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the whole stack in one process (mock hardware by default)")
@@ -117,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace) -> Any:
     from pump_rig.cli.client import RigClient
 
-    return RigClient(args.namespace)
+    return RigClient(args.namespace, discovery_timeout_s=args.wait)
 
 
 def _trigger(args: argparse.Namespace, service: str) -> str:
