@@ -9,3 +9,8 @@ import os
 # take 150-229, one per process; subprocesses started by tests inherit it.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
+
+# The probes in this process serve and call services like the rig's own processes do.
+from pump_rig.nodes.dds_profile import use_rig_dds_profile
+
+use_rig_dds_profile()

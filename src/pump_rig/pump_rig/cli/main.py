@@ -319,6 +319,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pump_rig.nodes.dds_profile import use_rig_dds_profile
+
+    use_rig_dds_profile()  # before any rclpy.init in this process
     from pump_rig.cli.client import RigUnreachableError
     from pump_rig.core.bag_recording import RecordingError
     from pump_rig.core.bag_report import ReportError

@@ -14,10 +14,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from pump_rig.core.bag_recording import RecordingError
+from pump_rig.nodes.dds_profile import use_rig_dds_profile
 
 
 def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> None:
     """Create the node, spin it until shutdown, and turn configuration errors into one line."""
+    use_rig_dds_profile()
     rclpy.init(args=args)
     node: Node | None = None
     try:
