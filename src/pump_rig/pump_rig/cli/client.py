@@ -28,6 +28,7 @@ class RigClient:
         # what is left of it, not a full timeout per topic.
         self._discovery_deadline = time.monotonic() + discovery_timeout_s
         self._inboxes: dict[str, list[Any]] = {}
+        self.refresh_s = 0.1
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.context = context or Context()
         if not self.context.ok():
@@ -71,7 +72,11 @@ class RigClient:
         """
         received = self._subscription(topic)
         if self._await_publisher(topic):
-            self._spin_until(lambda: bool(received), timeout_s)
+            if received:
+                # Seen this topic before: take in whatever has arrived since.
+                self._spin_until(lambda: False, self.refresh_s)
+            else:
+                self._spin_until(lambda: bool(received), timeout_s)
         del received[:-1]  # a long-lived client keeps only what the next call can return
         return received[-1] if received else None
 
