@@ -28,6 +28,7 @@ def test_latest_follows_a_changing_topic_across_calls(make_stack: Any, probe: Pr
         )
         # The same client, asked again, reports the newer status, not the one it saw first.
         again = client.latest("dose")
+        assert again is not None
         assert again.delivered_volume_ul > first.delivered_volume_ul + 1.0
     finally:
         client.close()
