@@ -25,8 +25,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from pump_rig.cli.stack import Stack, StackOptions
-from pump_rig.nodes.contract import TOPICS_BY_NAME
-from pump_rig.nodes.telemetry_recorder import message_class
+from pump_rig.nodes.contract import TOPICS_BY_NAME, message_class
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "config" / "programs" / "baclofen_constant.yaml"

@@ -10,7 +10,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.node import Node
 
-from pump_rig.nodes.contract import NO_SUB_EVENTS, TOPICS_BY_NAME
+from pump_rig.nodes.contract import rig_subscription
 
 
 class RigUnreachableError(Exception):
@@ -90,15 +90,8 @@ class RigClient:
     def _subscription(self, topic: str) -> list[Any]:
         """One subscription per topic for the client's lifetime; returns its inbox."""
         if topic not in self._inboxes:
-            spec = TOPICS_BY_NAME[topic]
             inbox: list[Any] = []
-            self.node.create_subscription(
-                _message_class(spec.type_name),
-                self.full(topic),
-                inbox.append,
-                spec.qos,
-                event_callbacks=NO_SUB_EVENTS,
-            )
+            rig_subscription(self.node, topic, inbox.append, name=self.full(topic))
             self._inboxes[topic] = inbox
         return self._inboxes[topic]
 
@@ -129,9 +122,3 @@ class RigClient:
     def close(self) -> None:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-
-
-def _message_class(type_name: str) -> Any:
-    from pump_rig.nodes.telemetry_recorder import message_class
-
-    return message_class(type_name)

@@ -8,10 +8,17 @@ emergency-stop and alarm state immediately.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 
 
 def _reliable(depth: int, latched: bool = False) -> QoSProfile:
@@ -59,3 +66,38 @@ TOPICS_BY_NAME = {spec.name: spec for spec in RIG_TOPICS}
 # CPU of accelerated runs. The rig's QoS is fixed by this contract, so nodes go without them.
 NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
 NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+
+
+def message_class(type_name: str) -> Any:
+    """``pkg/msg/Name`` -> the Python message class."""
+    package, kind, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def rig_publisher(node: Node, topic: str) -> Publisher[Any]:
+    """A publisher on a rig topic with the contract's type and QoS, so no node can drift."""
+    spec = TOPICS_BY_NAME[topic]
+    return node.create_publisher(
+        message_class(spec.type_name), topic, spec.qos, event_callbacks=NO_PUB_EVENTS
+    )
+
+
+def rig_subscription(
+    node: Node, topic: str, callback: Callable[[Any], None], name: str | None = None
+) -> Subscription[Any]:
+    """A subscription to a rig topic with the contract's type and QoS.
+
+    ``name`` overrides the topic name (tools outside the rig pass the namespaced one).
+    """
+    spec = TOPICS_BY_NAME[topic]
+    return node.create_subscription(
+        message_class(spec.type_name),
+        name or topic,
+        callback,
+        spec.qos,
+        event_callbacks=NO_SUB_EVENTS,
+    )
+
+
+def diagnostics_publisher(node: Node) -> Publisher[Any]:
+    return node.create_publisher(DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS)

@@ -21,13 +21,8 @@ from pump_rig.core.alarm_latch import Severity
 from pump_rig.core.dosing import AlarmEvent, CommandIntent, DosingCore, TherapyError
 from pump_rig.core.program import ProgramError, TherapyProgram, load_program_file, parse_program
 from pump_rig.nodes.contract import (
-    NO_PUB_EVENTS,
-    NO_SUB_EVENTS,
-    QOS_ALARMS,
-    QOS_COMMAND,
-    QOS_DOSE,
-    QOS_OCCLUSION,
-    QOS_STATE,
+    rig_publisher,
+    rig_subscription,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s
@@ -76,28 +71,12 @@ class DosingController(Node):
         self._sequence = 0
         self._last_intent: CommandIntent | None = None
 
-        self._command_pub = self.create_publisher(
-            PumpCommand, "pump/command", QOS_COMMAND, event_callbacks=NO_PUB_EVENTS
-        )
-        self._dose_pub = self.create_publisher(
-            DoseStatus, "dose", QOS_DOSE, event_callbacks=NO_PUB_EVENTS
-        )
-        self._alarm_pub = self.create_publisher(
-            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
-        )
-        self.create_subscription(
-            PumpState, "pump/state", self._on_pump_state, QOS_STATE, event_callbacks=NO_SUB_EVENTS
-        )
-        self.create_subscription(
-            Alarm, "alarms", self._on_alarm, QOS_ALARMS, event_callbacks=NO_SUB_EVENTS
-        )
-        self.create_subscription(
-            OcclusionStatus,
-            "occlusion",
-            self._on_occlusion,
-            QOS_OCCLUSION,
-            event_callbacks=NO_SUB_EVENTS,
-        )
+        self._command_pub = rig_publisher(self, "pump/command")
+        self._dose_pub = rig_publisher(self, "dose")
+        self._alarm_pub = rig_publisher(self, "alarms")
+        rig_subscription(self, "pump/state", self._on_pump_state)
+        rig_subscription(self, "alarms", self._on_alarm)
+        rig_subscription(self, "occlusion", self._on_occlusion)
         self.create_service(SetProgram, "set_program", self._on_set_program)
         self.create_service(Trigger, "suspend", self._on_suspend)
         self.create_service(Trigger, "resume", self._on_resume)

@@ -34,7 +34,11 @@ from pump_rig.core.sim_clock import SimClock
 from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.pty_device import PtySerialDevice
-from pump_rig.nodes.contract import NO_PUB_EVENTS, QOS_FAULTS, QOS_PRESSURE
+from pump_rig.nodes.contract import (
+    NO_PUB_EVENTS,
+    diagnostics_publisher,
+    rig_publisher,
+)
 from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import s_to_stamp, wall_clock
 
@@ -153,20 +157,14 @@ class MockHardware(Node):
         )
         self.device.start()
 
-        self._pressure_pub = self.create_publisher(
-            FluidPressure, "pressure", QOS_PRESSURE, event_callbacks=NO_PUB_EVENTS
-        )
+        self._pressure_pub = rig_publisher(self, "pressure")
         self._clock_pub = (
             self.create_publisher(Clock, "/clock", 10, event_callbacks=NO_PUB_EVENTS)
             if self.publishes_clock
             else None
         )
-        self._diag_pub = self.create_publisher(
-            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
-        )
-        self._fault_pub = self.create_publisher(
-            FaultEvent, "bench/faults", QOS_FAULTS, event_callbacks=NO_PUB_EVENTS
-        )
+        self._diag_pub = diagnostics_publisher(self)
+        self._fault_pub = rig_publisher(self, "bench/faults")
         self.create_service(InjectFault, "inject_fault", self._on_inject_fault)
         self.create_service(Trigger, "clear_faults", self._on_clear_faults)
         wall = wall_clock()

@@ -27,12 +27,9 @@ from pump_rig.drivers.errors import DeviceDisconnected, DeviceError
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import DeviceStatus, StepperPumpDriver
 from pump_rig.nodes.contract import (
-    NO_PUB_EVENTS,
-    NO_SUB_EVENTS,
-    QOS_ALARMS,
-    QOS_COMMAND,
-    QOS_ESTOP,
-    QOS_STATE,
+    diagnostics_publisher,
+    rig_publisher,
+    rig_subscription,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
 from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, wall_clock
@@ -144,25 +141,11 @@ class MotorDriver(LifecycleNode):
         self._closing = False
         self._configure_failures = 0
 
-        self._state_pub = self.create_publisher(
-            PumpState, "pump/state", QOS_STATE, event_callbacks=NO_PUB_EVENTS
-        )
-        self._alarm_pub = self.create_publisher(
-            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
-        )
-        self._diag_pub = self.create_publisher(
-            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
-        )
-        self.create_subscription(
-            PumpCommand,
-            "pump/command",
-            self._on_command,
-            QOS_COMMAND,
-            event_callbacks=NO_SUB_EVENTS,
-        )
-        self.create_subscription(
-            EmergencyStop, "estop", self._on_estop, QOS_ESTOP, event_callbacks=NO_SUB_EVENTS
-        )
+        self._state_pub = rig_publisher(self, "pump/state")
+        self._alarm_pub = rig_publisher(self, "alarms")
+        self._diag_pub = diagnostics_publisher(self)
+        rig_subscription(self, "pump/command", self._on_command)
+        rig_subscription(self, "estop", self._on_estop)
         self.create_timer(float(self.params.get("poll_period_s")), self._poll)
         self.create_timer(1.0, self._publish_diagnostics, clock=wall_clock())
         self._autostart_timer = None

@@ -27,13 +27,9 @@ from pump_rig.core.occlusion_detector import (
     OcclusionDetector,
 )
 from pump_rig.nodes.contract import (
-    NO_PUB_EVENTS,
-    NO_SUB_EVENTS,
-    QOS_ALARMS,
-    QOS_ESTOP,
-    QOS_OCCLUSION,
-    QOS_PRESSURE,
-    QOS_STATE,
+    diagnostics_publisher,
+    rig_publisher,
+    rig_subscription,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, stamp_to_s, wall_clock
@@ -96,28 +92,12 @@ class PressureMonitor(Node):
         self._samples = 0
         self._last_sample_wall_s = time.monotonic()
 
-        self._occlusion_pub = self.create_publisher(
-            OcclusionStatus, "occlusion", QOS_OCCLUSION, event_callbacks=NO_PUB_EVENTS
-        )
-        self._alarm_pub = self.create_publisher(
-            Alarm, "alarms", QOS_ALARMS, event_callbacks=NO_PUB_EVENTS
-        )
-        self._estop_pub = self.create_publisher(
-            EmergencyStop, "estop", QOS_ESTOP, event_callbacks=NO_PUB_EVENTS
-        )
-        self._diag_pub = self.create_publisher(
-            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
-        )
-        self.create_subscription(
-            FluidPressure,
-            "pressure",
-            self._on_pressure,
-            QOS_PRESSURE,
-            event_callbacks=NO_SUB_EVENTS,
-        )
-        self.create_subscription(
-            PumpState, "pump/state", self._on_pump_state, QOS_STATE, event_callbacks=NO_SUB_EVENTS
-        )
+        self._occlusion_pub = rig_publisher(self, "occlusion")
+        self._alarm_pub = rig_publisher(self, "alarms")
+        self._estop_pub = rig_publisher(self, "estop")
+        self._diag_pub = diagnostics_publisher(self)
+        rig_subscription(self, "pressure", self._on_pressure)
+        rig_subscription(self, "pump/state", self._on_pump_state)
         self.create_service(Trigger, "~/clear_alarms", self._on_clear_alarms)
         self.create_timer(float(self.params.get("check_period_s")), self._check_timeout)
         self.create_timer(

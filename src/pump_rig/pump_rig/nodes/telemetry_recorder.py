@@ -8,7 +8,6 @@ shutdown, SIGINT or SIGTERM.
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,17 @@ from pump_rig.core.bag_recording import (
     build_typestore,
     next_split_path,
 )
-from pump_rig.nodes.contract import NO_PUB_EVENTS, NO_SUB_EVENTS, RIG_TOPICS, TOPICS_BY_NAME
+from pump_rig.nodes.contract import (
+    NO_SUB_EVENTS,
+    RIG_TOPICS,
+    TOPICS_BY_NAME,
+    diagnostics_publisher,
+    message_class,
+)
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
 from pump_rig.nodes.ros_time import clock_valid, wall_clock
 
 DEFAULT_TOPICS = [spec.name for spec in RIG_TOPICS] + ["/diagnostics"]
-
-
-def message_class(type_name: str) -> Any:
-    """``pkg/msg/Name`` -> the Python message class."""
-    package, kind, name = type_name.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
 def default_bag_path(output_dir: str) -> Path:
@@ -91,9 +90,7 @@ class TelemetryRecorder(Node):
         self._subscribed: dict[str, tuple[str, TopicQos]] = {}
         self._recording_subs: list[Any] = []
         self._early: list[tuple[str, bytes]] = []
-        self._diag_pub = self.create_publisher(
-            DiagnosticArray, "/diagnostics", 10, event_callbacks=NO_PUB_EVENTS
-        )
+        self._diag_pub = diagnostics_publisher(self)
         self.create_service(Trigger, "~/split", self._on_split)
         self.create_service(Trigger, "~/stop", self._on_stop)
         # Discovery runs on wall time: with simulated time the clock may not move yet.
