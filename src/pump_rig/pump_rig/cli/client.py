@@ -13,6 +13,10 @@ from rclpy.node import Node
 from pump_rig.nodes.contract import rig_subscription
 
 
+# How long a repeated read of a topic takes in what has arrived since the previous one.
+REFRESH_S = 0.1
+
+
 class RigUnreachableError(Exception):
     """No rig answered: not running, another namespace, or another ROS_DOMAIN_ID."""
 
@@ -28,7 +32,6 @@ class RigClient:
         # what is left of it, not a full timeout per topic.
         self._discovery_deadline = time.monotonic() + discovery_timeout_s
         self._inboxes: dict[str, list[Any]] = {}
-        self.refresh_s = 0.1
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.context = context or Context()
         if not self.context.ok():
@@ -74,7 +77,7 @@ class RigClient:
         if self._await_publisher(topic):
             if received:
                 # Seen this topic before: take in whatever has arrived since.
-                self._spin_until(lambda: False, self.refresh_s)
+                self._spin_until(lambda: False, REFRESH_S)
             else:
                 self._spin_until(lambda: bool(received), timeout_s)
         del received[:-1]  # a long-lived client keeps only what the next call can return
