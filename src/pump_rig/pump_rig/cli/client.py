@@ -12,7 +12,6 @@ from rclpy.node import Node
 
 from pump_rig.nodes.contract import rig_subscription
 
-
 # How long a repeated read of a topic takes in what has arrived since the previous one.
 REFRESH_S = 0.1
 
