@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
@@ -128,6 +129,17 @@ def _write_run(path: Path, typestore: Any) -> None:
             reservoir_volume_ul=900.0,
             boluses_24h=0,
             prescribed_volume_ul=31.0,
+            daily_limit_ug=1000.0,
+            dose_24h_sources=["basal"],
+            dose_24h_by_source_ug=np.array([15.0]),
+            delivered_dose_total_ug=15.0,
+            tip_concentration_ug_per_ml=500.0,
+            reservoir_capacity_ul=1000.0,
+            days_to_refill=1.5,
+            next_refill=_header(typestore, t_alarm + 1.5 * 86400).stamp,
+            next_change=_header(typestore, 0.0).stamp,
+            active_bolus="",
+            detail="alarm: OCCLUSION",
         ),
     )
     bag.close()

@@ -103,8 +103,13 @@ def test_commands_against_a_running_rig(live_rig: str, tmp_path: Path) -> None:
 
     faster = tmp_path / "faster.yaml"
     faster.write_text(PROGRAM.read_text().replace("daily_dose_ug: 240.0", "daily_dose_ug: 480.0"))
-    applied = pumprig("-n", ns, "program", "set", str(faster))
+    refused = pumprig("-n", ns, "program", "set", str(faster))
+    assert refused.returncode != 0 and "titration limit" in refused.stderr, refused.stderr
+    applied = pumprig(
+        "-n", ns, "program", "set", str(faster), "--override-titration", "bench rig test"
+    )
     assert applied.returncode == 0, applied.stderr
+    assert "titration limit overridden (bench rig test)" in applied.stdout
     assert "40 µL/h" in applied.stdout
     assert "basal rate     40.000 µL/h" in pumprig("-n", ns, "program", "show").stdout
 

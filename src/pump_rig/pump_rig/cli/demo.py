@@ -31,7 +31,14 @@ def run_demo(args: argparse.Namespace) -> None:
     )
     wall0 = time.monotonic()
     stack = Stack(
-        StackOptions(namespace=args.namespace, speed=args.speed, program=program, record=bag)
+        StackOptions(
+            namespace=args.namespace,
+            speed=args.speed,
+            program=program,
+            record=bag,
+            # A fresh dose ledger per demo, next to its bag.
+            journal=bag.with_name(bag.name + "_ledger") / "dose_journal.jsonl",
+        )
     )
     client: RigClient | None = None
     try:

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--record", type=Path, metavar="DIR", help="record a bag under DIR")
     up.add_argument("--program", type=_existing_file, help="therapy program to start with")
     up.add_argument("--port", help="serial port of a real pump (no mock hardware)")
+    up.add_argument(
+        "--journal",
+        type=Path,
+        metavar="FILE",
+        help="dose journal (default: $ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl; "
+        "with --speed, a fresh one under runs/, since simulated time is not today's)",
+    )
 
     demo = sub.add_parser("demo", help="24 h of simulated therapy with an occlusion at hour 12")
     demo.add_argument(
@@ -93,7 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     program_sub = program.add_subparsers(dest="program_command", required=True, metavar="ACTION")
     program_set = program_sub.add_parser("set", help="validate a program file and apply it")
     program_set.add_argument("file", type=Path, metavar="FILE")
+    program_set.add_argument(
+        "--override-titration",
+        metavar="REASON",
+        help="apply a daily-dose rise above the drug's titration limit (recorded with REASON)",
+    )
     program_sub.add_parser("show", help="the program running now")
+
+    bolus = sub.add_parser("bolus", help="patient bolus (default), or a clinician/prime/bridge one")
+    kind = bolus.add_mutually_exclusive_group()
+    kind.add_argument("--clinician", type=_positive_float, metavar="DOSE_UG", help="dose in µg")
+    kind.add_argument("--prime", type=_positive_float, metavar="VOLUME_UL", help="volume in µL")
+    kind.add_argument("--bridge", action="store_true", help="flush old drug at a constant dose")
+    bolus.add_argument(
+        "--duration", type=_positive_float, metavar="MIN", help="minutes (clinician, prime)"
+    )
+    bolus.add_argument("--request-id", default="", help="retrying with the same id is safe")
+
+    refill = sub.add_parser("refill", help="refill the reservoir (reports the volume discarded)")
+    refill.add_argument("volume_ul", type=_positive_float, metavar="VOLUME_UL")
+    refill.add_argument("--drug", required=True)
+    refill.add_argument("--concentration", type=_positive_float, required=True, metavar="UG_PER_ML")
+    refill.add_argument("--withdrawn", type=float, default=0.0, metavar="UL", help="measured")
+    refill.add_argument(
+        "--bridge", action="store_true", help="keep the dose rate while old drug leaves the line"
+    )
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench.add_argument("what", choices=["therapy"], help="therapy: 30 days through the stack")
+    bench.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
+    bench.add_argument(
+        "--speed", type=_positive_float, default=60000.0, help="simulated s per wall s (60000)"
+    )
 
     sub.add_parser("suspend", help="suspend therapy (pump stops)")
     sub.add_parser("resume", help="resume therapy (refused while a critical alarm is active)")
@@ -163,16 +201,80 @@ def cmd_program(args: argparse.Namespace) -> None:
     from pump_rig.core.program import load_program_file
 
     program = load_program_file(args.file)  # a bad file is refused here, before any ROS traffic
-    client = _client(args)
-    try:
-        response = client.call(
-            SetProgram, "set_program", SetProgram.Request(program_yaml=args.file.read_text())
-        )
-    finally:
-        client.close()
+    request = SetProgram.Request(program_yaml=args.file.read_text())
+    if args.override_titration:
+        request.override_titration_limit = True
+        request.override_reason = args.override_titration
+    response = _call(args, SetProgram, "set_program", request)
     if not response.success:
         raise CliError(response.message)
     print(f"{program.name}: {response.message}")
+
+
+def _call(args: argparse.Namespace, srv: Any, name: str, request: Any) -> Any:
+    client = _client(args)
+    try:
+        return client.call(srv, name, request)
+    finally:
+        client.close()
+
+
+def cmd_bolus(args: argparse.Namespace) -> None:
+    from pump_rig_interfaces.srv import ClinicianBolus, RequestBolus
+
+    if args.clinician is None and args.prime is None and not args.bridge:
+        if args.duration is not None:
+            raise CliError("--duration is for --clinician and --prime boluses")
+        answer = _call(
+            args, RequestBolus, "request_bolus", RequestBolus.Request(request_id=args.request_id)
+        )
+        wait = answer.next_allowed_in_s
+        after = f" (next allowed in {wait / 60:.1f} min)" if wait > 0 else ""
+        if not answer.granted:
+            raise CliError(f"{answer.message}{after}")
+        print(f"{answer.message}{after}")
+        return
+    request = ClinicianBolus.Request()
+    if args.bridge:
+        request.kind = "bridge"
+    else:
+        if args.duration is None:
+            raise CliError("--duration MIN is needed for a clinician or prime bolus")
+        request.duration_s = args.duration * 60.0
+        if args.clinician is not None:
+            request.kind, request.dose_ug = "clinician", args.clinician
+        else:
+            request.kind, request.volume_ul = "prime", args.prime
+    response = _call(args, ClinicianBolus, "clinician_bolus", request)
+    if not response.success:
+        raise CliError(response.message)
+    print(response.message)
+
+
+def cmd_refill(args: argparse.Namespace) -> None:
+    from pump_rig_interfaces.srv import Refill
+
+    request = Refill.Request(
+        volume_ul=args.volume_ul,
+        drug=args.drug,
+        concentration_ug_per_ml=args.concentration,
+        withdrawn_ul=args.withdrawn,
+        bridge=args.bridge,
+    )
+    response = _call(args, Refill, "refill", request)
+    if not response.success:
+        raise CliError(response.message)
+    when = response.next_refill.sec
+    print(response.message)
+    if response.days_to_refill >= 0 and when > 0:
+        date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+        print(f"next refill {date} (in {response.days_to_refill:.1f} days)")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from pump_rig.cli.bench import run_therapy_bench
+
+    run_therapy_bench(args)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -239,6 +341,9 @@ def cmd_up(args: argparse.Namespace) -> None:
     from pump_rig.cli.stack import Stack, StackOptions
 
     record = args.record / time.strftime("rig_%Y%m%d_%H%M%S") if args.record else None
+    journal = args.journal
+    if journal is None and args.speed is not None and args.speed != 1.0:
+        journal = Path("runs") / time.strftime("ledger_%Y%m%d_%H%M%S") / "dose_journal.jsonl"
     stack = Stack(
         StackOptions(
             namespace=args.namespace,
@@ -247,6 +352,7 @@ def cmd_up(args: argparse.Namespace) -> None:
             program=args.program,
             record=record,
             port=args.port,
+            journal=journal,
         )
     )
     stopping = {"now": False}
@@ -308,6 +414,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": cmd_demo,
     "status": cmd_status,
     "program": cmd_program,
+    "bolus": cmd_bolus,
+    "refill": cmd_refill,
+    "bench": cmd_bench,
     "suspend": cmd_suspend,
     "resume": cmd_resume,
     "alarms": cmd_alarms,

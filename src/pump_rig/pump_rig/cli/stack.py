@@ -49,6 +49,7 @@ class StackOptions:
     speed: float | None = None
     program: Path | None = None
     record: Path | None = None
+    journal: Path | None = None  # dose journal ('' parameter default: under $ROS_HOME)
     port: str | None = None  # a real device: no mock
     controller: bool = True  # False: something else commands the pump (tests, manual runs)
     extra: dict[str, list[Parameter[Any]]] = field(default_factory=dict)  # per-node overrides
@@ -104,6 +105,10 @@ class Stack:
         if opts.program is not None:
             controller_overrides.append(
                 Parameter("program_file", Parameter.Type.STRING, str(opts.program))
+            )
+        if opts.journal is not None:
+            controller_overrides.append(
+                Parameter("journal_path", Parameter.Type.STRING, str(opts.journal))
             )
         self._make(PressureMonitor, "pressure_monitor", [])
         self._make(MotorDriver, "motor_driver", [Parameter("port", Parameter.Type.STRING, port)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pump_rig.cli.client import RigClient, RigUnreachableError
@@ -24,12 +25,28 @@ def program_lines(client: RigClient) -> list[str]:
     dose = _dose(client)
     if not dose.program:
         return ["no program loaded"]
-    return [
+    lines = [
         f"program        {dose.program}",
-        f"drug           {dose.drug} {dose.concentration_ug_per_ml:g} µg/mL",
-        f"basal rate     {dose.basal_rate_ul_per_h:.3f} µL/h "
+        f"drug           {dose.drug} {dose.concentration_ug_per_ml:g} µg/mL"
+        + (
+            f" (catheter tip: {dose.tip_concentration_ug_per_ml:g} µg/mL)"
+            if dose.tip_concentration_ug_per_ml != dose.concentration_ug_per_ml
+            else ""
+        ),
+        f"basal rate     {dose.basal_rate_ul_per_h:.3f} µL/h now "
         f"({dose.basal_rate_ul_per_h * 24 / 1000 * dose.concentration_ug_per_ml:.3f} µg/day)",
+        f"daily maximum  {dose.daily_limit_ug:g} µg",
     ]
+    if dose.active_bolus:
+        lines.append(f"bolus          {dose.active_bolus}")
+    return lines
+
+
+def _when(stamp: Any) -> str:
+    t_s = stamp.sec + stamp.nanosec * 1e-9
+    if t_s <= 0:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_s))
 
 
 def status_lines(client: RigClient) -> list[str]:
@@ -42,7 +59,23 @@ def status_lines(client: RigClient) -> list[str]:
         *(program_lines(client) if dose.program else ["program        none"]),
         f"delivered      {dose.delivered_volume_ul:.3f} µL (prescribed "
         f"{dose.prescribed_volume_ul:.3f} µL); {dose.delivered_dose_24h_ug:.3f} µg in 24 h",
-        f"reservoir      {dose.reservoir_volume_ul:.1f} µL",
+        "24 h by source "
+        + (
+            ", ".join(
+                f"{s} {v:.3f} µg"
+                for s, v in zip(dose.dose_24h_sources, dose.dose_24h_by_source_ug, strict=True)
+                if v > 0
+            )
+            or "none"
+        )
+        + f"; {dose.boluses_24h} patient boluses",
+        f"reservoir      {dose.reservoir_volume_ul:.1f} of {dose.reservoir_capacity_ul:g} µL; "
+        + (
+            f"next refill {_when(dose.next_refill)} (in {dose.days_to_refill:.1f} days)"
+            if dose.days_to_refill >= 0
+            else "next refill unknown"
+        ),
+        f"state detail   {dose.detail}",
     ]
     if state is not None:
         lines.append(

@@ -47,6 +47,18 @@ class BenchSession:
         self._t_s = t_s
         return t_s
 
+    def set_sample_period(self, sample_period_s: float) -> None:
+        """Sample every ``sample_period_s`` from now on (accelerated runs slow their clock
+        around events; sampling follows so that samples keep coming in wall time)."""
+        if not math.isfinite(sample_period_s) or sample_period_s <= 0:
+            raise ValueError(f"sample_period_s: must be > 0 (got {sample_period_s})")
+        if sample_period_s == self.sample_period_s:
+            return
+        # The model cannot go back in time: the new grid starts now, not at the last sample.
+        self._t0_s = self._t_s
+        self._next_sample_index = 1
+        self.sample_period_s = sample_period_s
+
     def collect(self, t_s: float) -> list[Sample]:
         """All samples due up to ``t_s`` not yet collected, in time order."""
         self._advance(t_s)
@@ -74,6 +86,11 @@ class BenchSession:
 
     def snapshot(self, t_s: float) -> PumpSnapshot:
         return self.bench.snapshot(self._advance(t_s))
+
+    def next_pump_event_s(self) -> float | None:
+        """When the pump will stop by itself (volume limit reached, syringe empty or full) if
+        nobody commands it before, or None. A read: time does not move."""
+        return self.bench.pump.next_event_s()
 
     def line_pressure_kpa(self, t_s: float) -> float:
         return self.bench.line_pressure_kpa(self._advance(t_s))

@@ -1,25 +1,39 @@
-"""dosing_controller: runs the therapy program and keeps the dose accounts.
+"""dosing_controller: runs the therapy program and keeps the dose ledger.
 
-Commands go out on every change and as a heartbeat every control period (the motor driver
-stops the pump when the heartbeat stops). Dose is accounted from the volume the device reports
-in ``pump/state``, never from what was commanded. Any critical alarm, from any node, stops
-delivery; it restarts only after ``clear_alarms`` and ``resume``.
+A thin shell around :class:`pump_rig.core.therapy_engine.TherapyEngine`. Commands go out on
+every change and as a heartbeat every control period (the motor driver stops the pump when the
+heartbeat stops). Dose is accounted from the volume the device reports in ``pump/state``, never
+from what was commanded, and journaled (fsync'd) to ``journal_path`` so a restarted controller
+carries on with the same dose history. Any critical alarm, from any node, stops delivery; it
+restarts only after ``clear_alarms`` and ``resume``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from pump_rig_interfaces.msg import Alarm, DoseStatus, OcclusionStatus, PumpCommand, PumpState
-from pump_rig_interfaces.srv import SetProgram
+from pump_rig_interfaces.srv import ClinicianBolus, Refill, RequestBolus, SetProgram
 from rclpy.node import Node
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from pump_rig.core.alarm_latch import Severity
-from pump_rig.core.dosing import AlarmEvent, CommandIntent, DosingCore, TherapyError
+from pump_rig.core.drug_library import (
+    DrugLibrary,
+    default_drug_library_path,
+    load_drug_library,
+)
 from pump_rig.core.program import ProgramError, TherapyProgram, load_program_file, parse_program
+from pump_rig.core.therapy_engine import (
+    AlarmEvent,
+    CommandIntent,
+    EngineConfig,
+    TherapyEngine,
+    TherapyError,
+)
 from pump_rig.nodes.contract import (
     rig_publisher,
     rig_subscription,
@@ -35,6 +49,78 @@ _UNSAFE_LINE = {
 }
 
 
+def default_journal_path(namespace: str) -> Path:
+    """$ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl (ROS_HOME defaults to ~/.ros)."""
+    home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
+    name = namespace.strip("/").replace("/", "_") or "root"
+    return home / "pump_rig" / name / "dose_journal.jsonl"
+
+
+def _engine_specs() -> list[ParamSpec]:
+    d = EngineConfig()
+    return [
+        ParamSpec(
+            "journal_path",
+            "",
+            "Dose journal file ('' = $ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl). "
+            "Remove it and its .id file to start a new ledger on purpose",
+            read_only=True,
+        ),
+        ParamSpec(
+            "journal_bucket_s",
+            d.bucket_s,
+            "Delivery is journaled at least this often (ROS time)",
+            0.1,
+            86400.0,
+            read_only=True,
+        ),
+        ParamSpec(
+            "drug_library",
+            "",
+            "Drug library YAML ('' = the shipped config/drugs.yaml)",
+            read_only=True,
+        ),
+        ParamSpec(
+            "line_dead_volume_ul",
+            d.line_dead_volume_ul,
+            "Volume from the pump outlet to the catheter tip",
+            0.001,
+            100000.0,
+            read_only=True,
+        ),
+        ParamSpec(
+            "line_primed",
+            d.line_primed,
+            "The line holds the first fill's drug at start (false: saline, prime it)",
+            read_only=True,
+        ),
+        ParamSpec(
+            "under_delivery_tolerance_ul",
+            d.under_delivery_tolerance_ul,
+            "UNDER_DELIVERY when the device is behind the command by more than this...",
+            0.0,
+            100000.0,
+            read_only=True,
+        ),
+        ParamSpec(
+            "under_delivery_tolerance_fraction",
+            d.under_delivery_tolerance_fraction,
+            "...plus this fraction of the commanded volume",
+            0.0,
+            1.0,
+            read_only=True,
+        ),
+        ParamSpec(
+            "max_volume_per_command_ul",
+            d.max_volume_per_command_ul,
+            "Largest volume limit one command carries (keep <= the motor driver's)",
+            0.001,
+            1.0e6,
+            read_only=True,
+        ),
+    ]
+
+
 class DosingController(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("dosing_controller", **kwargs)
@@ -44,7 +130,7 @@ class DosingController(Node):
                 ParamSpec(
                     "program_file",
                     "",
-                    "Therapy program YAML loaded at start ('' = start with no program)",
+                    "Therapy program YAML applied at start when the ledger has none yet",
                     read_only=True,
                 ),
                 ParamSpec(
@@ -58,18 +144,36 @@ class DosingController(Node):
                 ParamSpec(
                     "max_rate_ul_per_h",
                     1000.0,
-                    "Highest basal rate a program may ask for (the device's maximum)",
+                    "Highest rate a program or bolus may ask for (the device's maximum)",
                     0.001,
                     100000.0,
                     read_only=True,
                 ),
+                *_engine_specs(),
             ],
         )
+        # A bad library or program file at start is a configuration error: refuse to start.
+        self.library = self._load_library()
         self._program_at_start = self._initial_program()
+        self._config = EngineConfig(
+            max_rate_ul_per_h=self._max_rate(),
+            line_dead_volume_ul=float(self.params.get("line_dead_volume_ul")),
+            line_primed=bool(self.params.get("line_primed")),
+            bucket_s=float(self.params.get("journal_bucket_s")),
+            under_delivery_tolerance_ul=float(self.params.get("under_delivery_tolerance_ul")),
+            under_delivery_tolerance_fraction=float(
+                self.params.get("under_delivery_tolerance_fraction")
+            ),
+            max_volume_per_command_ul=float(self.params.get("max_volume_per_command_ul")),
+        )
+        self.journal_path = Path(
+            str(self.params.get("journal_path")) or default_journal_path(self.get_namespace())
+        )
         # Created at the first tick with valid ROS time (with sim time, time is 0 until /clock).
-        self._core: DosingCore | None = None
+        self._engine: TherapyEngine | None = None
         self._sequence = 0
         self._last_intent: CommandIntent | None = None
+        self._intent_sequence = 0  # sequence number of the latest intent
 
         self._command_pub = rig_publisher(self, "pump/command")
         self._dose_pub = rig_publisher(self, "dose")
@@ -78,31 +182,48 @@ class DosingController(Node):
         rig_subscription(self, "alarms", self._on_alarm)
         rig_subscription(self, "occlusion", self._on_occlusion)
         self.create_service(SetProgram, "set_program", self._on_set_program)
+        self.create_service(RequestBolus, "request_bolus", self._on_request_bolus)
+        self.create_service(ClinicianBolus, "clinician_bolus", self._on_clinician_bolus)
+        self.create_service(Refill, "refill", self._on_refill)
         self.create_service(Trigger, "suspend", self._on_suspend)
         self.create_service(Trigger, "resume", self._on_resume)
         self.create_service(Trigger, "~/clear_alarms", self._on_clear_alarms)
         self.create_timer(float(self.params.get("control_period_s")), self._tick)
-        if self._program_at_start is not None:
-            self.get_logger().info(f"program at start: {self._program_at_start.summary()}")
+        self.get_logger().info(f"dose journal: {self.journal_path}")
 
     @property
-    def core(self) -> DosingCore:
-        if self._core is None:
+    def engine(self) -> TherapyEngine:
+        if self._engine is None:
             raise TherapyError("the controller is waiting for ROS time (/clock) to start")
-        return self._core
+        return self._engine
 
     @property
     def started(self) -> bool:
-        if self._core is None and clock_valid(self):
-            self._core = DosingCore(t_s=now_s(self), program=self._program_at_start)
-        return self._core is not None
+        if self._engine is None and clock_valid(self):
+            self._engine = TherapyEngine.open(
+                t_s=now_s(self),
+                library=self.library,
+                journal_path=self.journal_path,
+                config=self._config,
+                initial_program=self._program_at_start,
+            )
+            program = self._engine.program
+            if program is not None:
+                self.get_logger().info(f"program: {program.summary()}")
+            self._flush_alarms()
+        return self._engine is not None
+
+    def _load_library(self) -> DrugLibrary:
+        path = str(self.params.get("drug_library"))
+        return load_drug_library(Path(path) if path else default_drug_library_path())
 
     def _initial_program(self) -> TherapyProgram | None:
         path = str(self.params.get("program_file"))
         if not path:
             return None
-        # A bad program file at start is a configuration error: refuse to start, loudly.
-        return load_program_file(Path(path), max_rate_ul_per_h=self._max_rate())
+        return load_program_file(
+            Path(path), max_rate_ul_per_h=self._max_rate(), library=self.library
+        )
 
     def _max_rate(self) -> float:
         return float(self.params.get("max_rate_ul_per_h"))
@@ -111,7 +232,7 @@ class DosingController(Node):
         """Services answer "not yet" until ROS time is valid (see ``started``)."""
         if self.started:
             return False
-        response.success, response.message = False, "controller not started: no ROS time yet"
+        response.message = "controller not started: no ROS time yet"
         return True
 
     # -- inputs ---------------------------------------------------------------------------
@@ -121,21 +242,27 @@ class DosingController(Node):
         self._sequence = max(self._sequence, msg.last_sequence)
         if msg.state in (PumpState.DISCONNECTED,) or not self.started:
             return
-        self.core.on_device_volume(
-            stamp_to_s(msg.header.stamp) or now_s(self), msg.delivered_volume_ul
+        self.engine.on_device_volume(
+            stamp_to_s(msg.header.stamp) or now_s(self),
+            msg.delivered_volume_ul,
+            command_applied=msg.last_sequence >= self._intent_sequence,
         )
-        self._flush_alarms()
+        if msg.state == PumpState.IDLE and self._last_intent is not None:
+            # The device stopped by itself (end of a bolus volume): re-plan now, not next tick.
+            self._tick()
+        else:
+            self._flush_alarms()
 
     def _on_alarm(self, msg: Alarm) -> None:
         if msg.source == self.get_fully_qualified_name() or not self.started:
             return
-        self.core.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
+        self.engine.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
         self._tick()
 
     def _on_occlusion(self, msg: OcclusionStatus) -> None:
         code = _UNSAFE_LINE.get(msg.state)
         if code is not None and self.started:
-            self.core.on_alarm(now_s(self), code, int(Severity.CRITICAL), True, "occlusion")
+            self.engine.on_alarm(now_s(self), code, int(Severity.CRITICAL), True, "occlusion")
             self._tick()
 
     # -- services -------------------------------------------------------------------------
@@ -146,27 +273,94 @@ class DosingController(Node):
             return response
         try:
             program = parse_program(
-                request.program_yaml, source="set_program", max_rate_ul_per_h=self._max_rate()
+                request.program_yaml,
+                source="set_program",
+                max_rate_ul_per_h=self._max_rate(),
+                library=self.library,
             )
-        except ProgramError as exc:
+            response.message = self.engine.set_program(
+                now_s(self),
+                program,
+                override_titration=request.override_titration_limit,
+                override_reason=request.override_reason,
+            )
+        except (ProgramError, TherapyError) as exc:
             response.success, response.message = False, f"program rejected: {exc}"
             self.get_logger().warning(response.message)
             return response
-        self.core.set_program(now_s(self), program)
         response.success = True
-        response.message = (
-            f"program {program.name!r} applied: {program.drug} "
-            f"{program.concentration_ug_per_ml:g} µg/mL at {program.basal_rate_ul_per_h:g} µL/h "
-            f"({program.daily_dose_ug:g} µg/day)"
-        )
         self.get_logger().info(response.message)
+        self._tick()
+        return response
+
+    def _on_request_bolus(
+        self, request: RequestBolus.Request, response: RequestBolus.Response
+    ) -> RequestBolus.Response:
+        response.next_allowed_in_s = -1.0
+        if self._refuse_before_start(response):
+            return response
+        answer = self.engine.request_bolus(now_s(self), request.request_id)
+        response.granted = answer.granted
+        response.message = answer.message
+        response.dose_ug = answer.dose_ug
+        response.volume_ul = answer.volume_ul
+        response.next_allowed_in_s = answer.next_allowed_in_s
+        self.get_logger().info(f"patient bolus: {answer.message}")
+        self._tick()
+        return response
+
+    def _on_clinician_bolus(
+        self, request: ClinicianBolus.Request, response: ClinicianBolus.Response
+    ) -> ClinicianBolus.Response:
+        if self._refuse_before_start(response):
+            return response
+        try:
+            response.message = self.engine.clinician_bolus(
+                now_s(self),
+                request.kind,
+                dose_ug=request.dose_ug,
+                volume_ul=request.volume_ul,
+                duration_s=request.duration_s,
+            )
+        except TherapyError as exc:
+            response.success, response.message = False, f"bolus refused: {exc}"
+            return response
+        response.success = True
+        self.get_logger().info(response.message)
+        self._tick()
+        return response
+
+    def _on_refill(self, request: Refill.Request, response: Refill.Response) -> Refill.Response:
+        if self._refuse_before_start(response):
+            return response
+        t_s = now_s(self)
+        try:
+            result = self.engine.refill(
+                t_s,
+                volume_ul=request.volume_ul,
+                drug=request.drug,
+                concentration_ug_per_ml=request.concentration_ug_per_ml,
+                withdrawn_ul=request.withdrawn_ul,
+                bridge=request.bridge,
+            )
+        except TherapyError as exc:
+            response.success, response.message = False, f"refill refused: {exc}"
+            return response
+        response.success = True
+        response.message = result.message
+        response.discarded_ul = result.discarded_ul
+        response.reservoir_volume_ul = result.reservoir_volume_ul
+        response.days_to_refill = result.days_to_refill
+        if result.next_refill_s is not None:
+            response.next_refill = s_to_stamp(result.next_refill_s)
+        self.get_logger().info(f"refill: {result.message}")
         self._tick()
         return response
 
     def _on_suspend(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self._refuse_before_start(response):
             return response
-        self.core.suspend(now_s(self), "suspended by operator")
+        self.engine.suspend(now_s(self), "suspended by operator")
         self._tick()
         response.success, response.message = True, "therapy suspended"
         return response
@@ -175,7 +369,7 @@ class DosingController(Node):
         if self._refuse_before_start(response):
             return response
         try:
-            self.core.resume(now_s(self))
+            self.engine.resume(now_s(self))
         except TherapyError as exc:
             response.success, response.message = False, f"cannot resume: {exc}"
             return response
@@ -188,7 +382,7 @@ class DosingController(Node):
     ) -> Trigger.Response:
         if self._refuse_before_start(response):
             return response
-        self.core.clear_alarms(now_s(self))
+        self.engine.clear_alarms(now_s(self))
         self._tick()
         response.success = True
         response.message = "alarms cleared; therapy stays stopped until resume"
@@ -199,10 +393,11 @@ class DosingController(Node):
         if not self.started:
             return
         t_s = now_s(self)
-        intent = self.core.command(t_s)
-        if intent != self._last_intent:
+        intent = self.engine.command(t_s)
+        if intent is not self._last_intent:
             self._sequence += 1
             self._last_intent = intent
+            self._intent_sequence = self._sequence
         self._command_pub.publish(
             PumpCommand(
                 header=Header(stamp=s_to_stamp(t_s)),
@@ -213,26 +408,41 @@ class DosingController(Node):
                 reason=intent.reason,
             )
         )
-        snap = self.core.snapshot(t_s)
-        self._dose_pub.publish(
-            DoseStatus(
-                header=Header(stamp=s_to_stamp(t_s)),
-                therapy_state=int(snap.therapy_state),
-                program=snap.program,
-                drug=snap.drug,
-                concentration_ug_per_ml=snap.concentration_ug_per_ml,
-                basal_rate_ul_per_h=snap.basal_rate_ul_per_h,
-                delivered_volume_ul=snap.delivered_volume_ul,
-                delivered_dose_24h_ug=snap.delivered_dose_24h_ug,
-                reservoir_volume_ul=snap.reservoir_volume_ul,
-                boluses_24h=snap.boluses_24h,
-                prescribed_volume_ul=snap.prescribed_volume_ul,
-            )
+        snap = self.engine.snapshot(t_s)
+        sources = sorted(snap.dose_24h_by_source_ug)
+        msg = DoseStatus(
+            header=Header(stamp=s_to_stamp(t_s)),
+            therapy_state=int(snap.therapy_state),
+            program=snap.program,
+            drug=snap.drug,
+            concentration_ug_per_ml=snap.concentration_ug_per_ml,
+            basal_rate_ul_per_h=snap.basal_rate_ul_per_h,
+            delivered_volume_ul=snap.delivered_volume_ul,
+            delivered_dose_24h_ug=snap.delivered_dose_24h_ug,
+            reservoir_volume_ul=snap.reservoir_volume_ul,
+            boluses_24h=snap.boluses_24h,
+            prescribed_volume_ul=snap.prescribed_volume_ul,
+            daily_limit_ug=snap.daily_limit_ug,
+            dose_24h_sources=sources,
+            dose_24h_by_source_ug=[snap.dose_24h_by_source_ug[s] for s in sources],
+            delivered_dose_total_ug=snap.delivered_dose_total_ug,
+            tip_concentration_ug_per_ml=snap.tip_concentration_ug_per_ml,
+            reservoir_capacity_ul=snap.reservoir_capacity_ul,
+            days_to_refill=snap.days_to_refill,
+            active_bolus=snap.active_bolus,
+            detail=snap.detail,
         )
+        if snap.next_refill_s is not None:
+            msg.next_refill = s_to_stamp(snap.next_refill_s)
+        if snap.next_change_s is not None:
+            msg.next_change = s_to_stamp(snap.next_change_s)
+        self._dose_pub.publish(msg)
         self._flush_alarms()
 
     def _flush_alarms(self) -> None:
-        for event in self.core.drain_alarm_events():
+        if self._engine is None:
+            return
+        for event in self._engine.drain_alarm_events():
             self._publish_alarm(event)
 
     def _publish_alarm(self, event: AlarmEvent) -> None:
@@ -246,6 +456,11 @@ class DosingController(Node):
                 message=event.message,
             )
         )
+
+    def close(self) -> None:
+        """Journal the last delivery bucket (a clean shutdown loses nothing)."""
+        if self._engine is not None:
+            self._engine.close()
 
 
 def main(args: list[str] | None = None) -> None:

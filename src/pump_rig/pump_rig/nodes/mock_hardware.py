@@ -5,6 +5,26 @@ so motor_driver runs the same pyserial code as on the bench. Pressure samples ar
 ``pressure`` on a fixed schedule of simulated time. With ``speed`` above 1 this node is the time
 source: it publishes ``/clock`` and every other node runs with ``use_sim_time``; the physics is
 solved in closed form between events, so months of therapy run in minutes.
+
+Integrate between events instead of ticking blindly. The other nodes' ROS-time timers fire at
+most once per ``/clock`` message, which at ×50 000 jumps ~1000 s of simulated time per 20 ms
+update; a rate change due at a given time would land late by up to one jump plus the wall
+latency of controller → driver → serial → emulator times ``speed`` (hundreds of simulated
+seconds, ~0.1–1 % of dose per change). So the clock slows down around events it is told of
+(core/sim_clock.py): it never jumps over an event time (the first ``/clock`` at or after it is
+the event time exactly), then runs at ``event_speed`` for ``event_window_s`` of simulated time,
+so the reaction chain runs nearly in real time, then at full ``speed`` again. An event time
+reached by another reader of the clock (the serial thread) is held until ``/clock`` has carried
+it. Changes land on time at any speed, at a wall cost of about ``event_window_s / event_speed``
+(plus at most one ``update_period_s``) per event. Events come from:
+
+* ``dose`` (DoseStatus, latched): ``next_change``, the next scheduled change of delivery the
+  dosing controller announces (flex step, bolus end);
+* the emulated pump itself: after every serial exchange and every update, its next self-stop
+  (volume limit reached, syringe empty or full), read under the session lock.
+
+An event that does not happen after all (the controller changed its mind) costs one slow
+window. With ``speed <= event_speed`` (hence at speed 1) events change nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +34,13 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from pump_rig_interfaces.msg import FaultEvent
+from pump_rig_interfaces.msg import DoseStatus, FaultEvent
 from pump_rig_interfaces.srv import InjectFault
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -33,14 +55,15 @@ from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.sim_clock import SimClock
 from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.core.syringe_pump import PumpSnapshot
-from pump_rig.drivers.pty_device import PtySerialDevice
+from pump_rig.drivers.pty_device import ByteDevice, PtySerialDevice
 from pump_rig.nodes.contract import (
     NO_PUB_EVENTS,
     diagnostics_publisher,
     rig_publisher,
+    rig_subscription,
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
-from pump_rig.nodes.ros_time import s_to_stamp, wall_clock
+from pump_rig.nodes.ros_time import s_to_stamp, stamp_to_s, wall_clock
 
 
 def bench_param_specs() -> list[ParamSpec]:
@@ -54,6 +77,47 @@ def bench_param_specs() -> list[ParamSpec]:
         description = str(field.metadata.get("description", f"bench model: {field.name}"))
         specs.append(ParamSpec(f"bench.{field.name}", value, description, read_only=True))
     return specs
+
+
+class _EventReportingDevice:
+    """The emulator as the pty host sees it, telling the clock of the pump's next self-stop
+    after every exchange (the host calls it with the session lock held)."""
+
+    def __init__(self, emulator: StepperEmulator, report: Callable[[], None]) -> None:
+        self._emulator = emulator
+        self._report = report
+
+    def feed(self, data: bytes, t_s: float) -> bytes:
+        try:
+            return self._emulator.feed(data, t_s)
+        finally:
+            self._report()
+
+    def due_output(self, t_s: float) -> bytes:
+        try:
+            return self._emulator.due_output(t_s)
+        finally:
+            self._report()
+
+    def set_fault(self, kind: FaultKind, active: bool) -> None:
+        self._emulator.set_fault(kind, active)
+
+    def clear_faults(self) -> None:
+        self._emulator.clear_faults()
+
+    def reset_link(self) -> None:
+        self._emulator.reset_link()
+
+
+def not_before_s(stamp: TimeMsg) -> float:
+    """``stamp`` in float seconds, rounded up so that the /clock stamp made from it is not
+    before ``stamp`` (at epoch times a float second is only good to ~0.24 µs): a ROS timer due
+    at ``stamp`` fires on that /clock."""
+    target_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+    t_s = stamp_to_s(stamp)
+    while round(t_s * 1e9) < target_ns:
+        t_s = math.nextafter(t_s, math.inf)
+    return t_s
 
 
 def default_port_link(namespace: str) -> str:
@@ -76,6 +140,27 @@ class MockHardware(Node):
                     "Simulated seconds per wall second; above 1 publishes /clock",
                     0.01,
                     100000.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "event_speed",
+                    50.0,
+                    "Accelerated runs slow down to this many simulated seconds per wall second "
+                    "around events (the dosing controller's next scheduled change of delivery, "
+                    "the emulated pump stopping by itself), so that changes land on time at any "
+                    "speed; only meaningful when speed is above it",
+                    0.01,
+                    100000.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "event_window_s",
+                    5.0,
+                    "Simulated seconds run at event_speed from each event (the clock never jumps "
+                    "over an event time); costs about event_window_s / event_speed of wall time "
+                    "per event",
+                    0.0,
+                    3600.0,
                     read_only=True,
                 ),
                 ParamSpec(
@@ -136,14 +221,18 @@ class MockHardware(Node):
         params = BenchParams.from_mapping(bench_values)
         speed = float(self.params.get("speed"))
         sim_start = float(self.params.get("sim_start_s")) or time.time()
-        self.clock = SimClock(speed, sim_start)
         self.publishes_clock = not math.isclose(speed, 1.0)
+        # Event times are held until _update publishes them, whoever reads the clock first.
+        self.clock = SimClock(
+            speed,
+            sim_start,
+            event_speed=float(self.params.get("event_speed")),
+            event_window_s=float(self.params.get("event_window_s")),
+            hold_until_tick=self.publishes_clock,
+        )
         self._lock = threading.Lock()
         t0 = self.clock.now_s()
-        sample_period_s = max(
-            float(self.params.get("sample_period_s")),
-            speed / float(self.params.get("max_samples_per_wall_s")),
-        )
+        sample_period_s = self._sample_period_s(speed)
         self.session = BenchSession(
             BenchModel(params, t0_s=t0), sample_period_s=sample_period_s, t0_s=t0
         )
@@ -152,8 +241,13 @@ class MockHardware(Node):
         )
         link = str(self.params.get("port_link")) or default_port_link(self.get_namespace())
         Path(link).parent.mkdir(parents=True, exist_ok=True)
+        device: ByteDevice = (
+            _EventReportingDevice(self.emulator, self._report_pump_event)
+            if self.clock.slows_for_events
+            else self.emulator
+        )
         self.device = PtySerialDevice(
-            self.emulator, self.clock.now_s, lock=self._lock, link_path=Path(link)
+            device, self.clock.now_s, lock=self._lock, link_path=Path(link)
         )
         self.device.start()
 
@@ -164,6 +258,8 @@ class MockHardware(Node):
             else None
         )
         self._diag_pub = diagnostics_publisher(self)
+        if self.clock.slows_for_events:
+            rig_subscription(self, "dose", self._on_dose)
         self._fault_pub = rig_publisher(self, "bench/faults")
         self.create_service(InjectFault, "inject_fault", self._on_inject_fault)
         self.create_service(Trigger, "clear_faults", self._on_clear_faults)
@@ -188,10 +284,33 @@ class MockHardware(Node):
         with self._lock:
             return self.session.snapshot(self.clock.now_s())
 
+    def _report_pump_event(self) -> None:
+        """Slow the clock around the pump's next self-stop. Call with ``self._lock`` held."""
+        t_event = self.session.next_pump_event_s()
+        if t_event is not None:
+            self.clock.slow_at(t_event)
+
+    def _on_dose(self, msg: DoseStatus) -> None:
+        if msg.next_change.sec or msg.next_change.nanosec:
+            self.clock.slow_at(not_before_s(msg.next_change))  # ignored if already past
+
+    def _sample_period_s(self, speed: float) -> float:
+        """Accelerated runs sample less often in simulated time, about as often in wall time."""
+        return max(
+            float(self.params.get("sample_period_s")),
+            speed / float(self.params.get("max_samples_per_wall_s")),
+        )
+
     def _update(self) -> None:
         with self._lock:
-            t_s = self.clock.now_s()
+            t_s = self.clock.tick_s()
+            slow = self.clock.slows_for_events and self.clock.in_event_window()
+            self.session.set_sample_period(
+                self._sample_period_s(self.clock.event_speed if slow else self.clock.speed)
+            )
             samples = self.session.collect(t_s)
+            if self.clock.slows_for_events:
+                self._report_pump_event()
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=s_to_stamp(t_s)))
         for t_sample, pressure_kpa in samples:
@@ -283,6 +402,7 @@ class MockHardware(Node):
             values=[
                 KeyValue(key="sim_time_s", value=f"{t_s:.3f}"),
                 KeyValue(key="speed", value=f"{self.clock.speed:g}"),
+                KeyValue(key="clock_events_pending", value=str(self.clock.pending_events)),
                 KeyValue(key="pump_state", value=snap.state.name),
                 KeyValue(key="delivered_ul", value=f"{snap.delivered_ul:.6f}"),
                 KeyValue(key="line_pressure_kpa", value=f"{pressure:.3f}"),

@@ -1,0 +1,218 @@
+"""The dose ledger: delivered volume and patient dose, by source, over time.
+
+Delivery arrives in small increments (each device report) and is gathered into buckets; a
+bucket is closed (and journaled) when it has spanned ``bucket_s`` or when anything about the
+therapy changes. The rolling 24 h sum counts a bucket until 24 h after its END, so the window
+never under-counts (a dose is never treated as older than it is). The same buckets make the
+per-day totals, so a ledger rebuilt from the journal equals the one that wrote it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pump_rig.core.pump_types import SECONDS_PER_DAY
+
+__all__ = ["DayTotal", "DeliveryBucket", "DoseLedger", "DoseSource"]
+
+WINDOW_S: Final = SECONDS_PER_DAY
+
+
+class DoseSource(enum.StrEnum):
+    BASAL = "basal"
+    PATIENT_BOLUS = "patient_bolus"
+    CLINICIAN_BOLUS = "clinician_bolus"
+    PRIME = "prime"
+    BRIDGE = "bridge"
+
+
+@dataclass(frozen=True)
+class DeliveryBucket:
+    """Volume pushed and dose that left the catheter tip in [t0, t1], by source."""
+
+    t0_s: float
+    t1_s: float
+    volume_ul: Mapping[str, float]
+    dose_ug: Mapping[str, float]
+
+    @property
+    def total_dose_ug(self) -> float:
+        return math.fsum(self.dose_ug.values())
+
+    @property
+    def total_volume_ul(self) -> float:
+        return math.fsum(self.volume_ul.values())
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "t0": self.t0_s,
+            "t1": self.t1_s,
+            "vol": dict(self.volume_ul),
+            "dose": dict(self.dose_ug),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> DeliveryBucket:
+        vol, dose = record["vol"], record["dose"]
+        t0, t1 = float(record["t0"]), float(record["t1"])
+        sources = {s.value for s in DoseSource}
+        for table in (vol, dose):
+            if not isinstance(table, dict) or not set(table) <= sources:
+                raise ValueError(f"bad source table {table!r}")
+            for v in table.values():
+                if not (isinstance(v, float | int) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"bad amount {v!r}")
+        if not (math.isfinite(t0) and math.isfinite(t1) and t1 >= t0):
+            raise ValueError(f"bad bucket times {t0!r}..{t1!r}")
+        return cls(
+            t0, t1, {k: float(v) for k, v in vol.items()}, {k: float(v) for k, v in dose.items()}
+        )
+
+
+@dataclass
+class DayTotal:
+    """One local day (``day`` = days since the epoch in the program's local time)."""
+
+    day: int
+    volume_ul: dict[str, float] = field(default_factory=dict)
+    dose_ug: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_dose_ug(self) -> float:
+        return math.fsum(self.dose_ug.values())
+
+    @property
+    def total_volume_ul(self) -> float:
+        return math.fsum(self.volume_ul.values())
+
+
+class DoseLedger:
+    """Buckets of delivery with a rolling 24 h window and per-day totals."""
+
+    def __init__(self, *, bucket_s: float = 60.0, utc_offset_s: float = 0.0) -> None:
+        if not (math.isfinite(bucket_s) and bucket_s > 0):
+            raise ValueError(f"bucket_s must be > 0 (got {bucket_s!r})")
+        self.bucket_s = bucket_s
+        self.utc_offset_s = utc_offset_s
+        self._window: deque[DeliveryBucket] = deque()
+        self._days: dict[int, DayTotal] = {}
+        self._open: tuple[float, float, dict[str, float], dict[str, float]] | None = None
+        self._total_volume: list[float] = []
+        self._total_dose: list[float] = []
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(self, t_s: float, source: DoseSource, volume_ul: float, dose_ug: float) -> None:
+        """Account an increment delivered up to ``t_s`` (into the open bucket)."""
+        if self._open is None:
+            self._open = (t_s, t_s, {}, {})
+        t0, _t1, vol, dose = self._open
+        vol[source.value] = vol.get(source.value, 0.0) + volume_ul
+        dose[source.value] = dose.get(source.value, 0.0) + dose_ug
+        self._open = (t0, max(t_s, _t1), vol, dose)
+
+    def bucket_due(self, t_s: float) -> bool:
+        """The open bucket has spanned ``bucket_s`` or would cross local midnight."""
+        if self._open is None:
+            return False
+        t0 = self._open[0]
+        return t_s - t0 >= self.bucket_s or self._day_of(t0) != self._day_of(t_s)
+
+    def close_bucket(self) -> DeliveryBucket | None:
+        """Close the open bucket; return it (to be journaled), or None if nothing is open."""
+        if self._open is None:
+            return None
+        t0, t1, vol, dose = self._open
+        self._open = None
+        bucket = DeliveryBucket(t0, t1, vol, dose)
+        self.apply(bucket)
+        return bucket
+
+    def apply(self, bucket: DeliveryBucket) -> None:
+        """Account a closed bucket (also how the journal is replayed)."""
+        self._window.append(bucket)
+        day = self._days.setdefault(self._day_of(bucket.t1_s), DayTotal(self._day_of(bucket.t1_s)))
+        for table, target in ((bucket.volume_ul, day.volume_ul), (bucket.dose_ug, day.dose_ug)):
+            for source, amount in table.items():
+                target[source] = target.get(source, 0.0) + amount
+        self._total_volume.append(bucket.total_volume_ul)
+        self._total_dose.append(bucket.total_dose_ug)
+        self._compact_totals()
+
+    def _compact_totals(self) -> None:
+        # Exact running totals without unbounded lists: fold into one fsum'd partial.
+        if len(self._total_volume) > 4096:
+            self._total_volume = [math.fsum(self._total_volume)]
+            self._total_dose = [math.fsum(self._total_dose)]
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _day_of(self, t_s: float) -> int:
+        return math.floor((t_s + self.utc_offset_s) / SECONDS_PER_DAY)
+
+    def _expire(self, t_s: float) -> None:
+        while self._window and self._window[0].t1_s + WINDOW_S <= t_s:
+            self._window.popleft()
+
+    def _in_window(self, t_s: float) -> Iterable[Mapping[str, float]]:
+        self._expire(t_s)
+        for bucket in self._window:
+            yield bucket.dose_ug
+        if self._open is not None:
+            yield self._open[3]
+
+    def dose_24h_ug(self, t_s: float) -> float:
+        """Patient dose in the 24 h up to ``t_s``."""
+        return math.fsum(v for table in self._in_window(t_s) for v in table.values())
+
+    def dose_24h_by_source_ug(self, t_s: float) -> dict[str, float]:
+        parts: dict[str, list[float]] = {s.value: [] for s in DoseSource}
+        for table in self._in_window(t_s):
+            for source, amount in table.items():
+                parts[source].append(amount)
+        return {source: math.fsum(values) for source, values in parts.items()}
+
+    def dose_expiring_by(self, t_s: float, horizon_s: float) -> float:
+        """Dose in today's window that will have left it by ``t_s + horizon_s``."""
+        self._expire(t_s)
+        return math.fsum(
+            b.total_dose_ug for b in self._window if b.t1_s + WINDOW_S <= t_s + horizon_s
+        )
+
+    def time_until_window_at_most(self, t_s: float, dose_ug: float) -> float:
+        """Seconds until the 24 h sum (without new delivery) falls to ``dose_ug`` or below."""
+        total = self.dose_24h_ug(t_s)
+        if total <= dose_ug:
+            return 0.0
+        for bucket in self._window:
+            total -= bucket.total_dose_ug
+            if total <= dose_ug * (1.0 + 1e-12):
+                return max(0.0, bucket.t1_s + WINDOW_S - t_s)
+        return math.inf  # the open bucket alone is above it
+
+    @property
+    def total_volume_ul(self) -> float:
+        open_vol = math.fsum(self._open[2].values()) if self._open else 0.0
+        return math.fsum([*self._total_volume, open_vol])
+
+    @property
+    def total_dose_ug(self) -> float:
+        open_dose = math.fsum(self._open[3].values()) if self._open else 0.0
+        return math.fsum([*self._total_dose, open_dose])
+
+    def day_totals(self) -> list[DayTotal]:
+        """Closed buckets per local day, oldest first (the open bucket is not included)."""
+        return [self._days[d] for d in sorted(self._days)]
+
+    def state(
+        self,
+    ) -> tuple[list[dict[str, Any]], dict[int, tuple[dict[str, float], dict[str, float]]]]:
+        """Everything the ledger holds, for equality checks after a restart."""
+        window = [b.to_record() for b in self._window]
+        days = {d: (dict(t.volume_ul), dict(t.dose_ug)) for d, t in self._days.items()}
+        return window, days

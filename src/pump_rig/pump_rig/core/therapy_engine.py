@@ -1,0 +1,1174 @@
+"""The therapy engine: what the pump should do now, and the sacred dose accounts.
+
+Everything is pure and takes the time (ROS time, seconds). The engine
+
+* runs the program's weekly dose schedule, patient boluses (lockout, count per 24 h),
+  clinician, priming and bridge boluses, refills and suspensions;
+* accounts delivered volume from the DEVICE's reports only (DESIGN invariant 6), pushes it
+  through the catheter line model, and counts as patient dose the drug that leaves the tip;
+* never lets the rolling 24 h dose pass the daily maximum (invariant 3): boluses are refused,
+  basal is capped by a device volume limit and stops at the maximum;
+* journals every change and every delivery bucket (fsync'd), and rebuilds itself exactly from
+  the journal on restart (invariant 4). A journal it cannot trust stops all dosing.
+
+It never raises a rate to make up a shortfall: it raises ``UNDER_DELIVERY`` instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pump_rig.core.catheter_line import CatheterLine
+from pump_rig.core.dose_journal import DoseJournal, JournalError
+from pump_rig.core.dose_ledger import DeliveryBucket, DoseLedger, DoseSource
+from pump_rig.core.drug_library import Drug, DrugLibrary, DrugLibraryError
+from pump_rig.core.program import (
+    DEFAULT_MAX_RATE_UL_PER_H,
+    ProgramError,
+    TherapyProgram,
+    parse_program,
+    titration_problem,
+)
+from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR, PumpAction
+
+__all__ = [
+    "CORE_ALARM_CODES",
+    "AlarmEvent",
+    "AlarmSeverity",
+    "BolusAnswer",
+    "CommandIntent",
+    "EngineConfig",
+    "EngineSnapshot",
+    "RefillResult",
+    "TherapyEngine",
+    "TherapyError",
+    "TherapyState",
+]
+
+_UL_PER_ML: Final = 1000.0
+
+LOW_RESERVOIR: Final = "LOW_RESERVOIR"
+RESERVOIR_EMPTY: Final = "RESERVOIR_EMPTY"
+DOSE_LIMIT: Final = "DOSE_LIMIT"
+UNDER_DELIVERY: Final = "UNDER_DELIVERY"
+# Added codes (DESIGN allows additions).
+JOURNAL_FAULT: Final = "JOURNAL_FAULT"
+REFILL_DISCREPANCY: Final = "REFILL_DISCREPANCY"
+INVALID_DEVICE_VOLUME: Final = "INVALID_DEVICE_VOLUME"
+VOLUME_COUNTER_RESET: Final = "VOLUME_COUNTER_RESET"
+CORE_ALARM_CODES: Final = frozenset(
+    {
+        LOW_RESERVOIR,
+        RESERVOIR_EMPTY,
+        DOSE_LIMIT,
+        UNDER_DELIVERY,
+        JOURNAL_FAULT,
+        REFILL_DISCREPANCY,
+        INVALID_DEVICE_VOLUME,
+        VOLUME_COUNTER_RESET,
+    }
+)
+# One-shot notices that clear_alarms forgets (the others follow their condition).
+_LATCHED_NOTICES: Final = (UNDER_DELIVERY, REFILL_DISCREPANCY, VOLUME_COUNTER_RESET)
+
+_MAX_REMEMBERED_REQUESTS: Final = 256
+_REL_EPS: Final = 1e-9
+
+
+class TherapyState(enum.IntEnum):
+    """Values match pump_rig_interfaces/msg/DoseStatus."""
+
+    RUNNING = 0
+    SUSPENDED = 1
+    ALARM = 2
+    EMPTY = 3
+    NO_PROGRAM = 4
+
+
+class AlarmSeverity(enum.IntEnum):
+    """Values match pump_rig_interfaces/msg/Alarm."""
+
+    INFO = 0
+    WARNING = 1
+    CRITICAL = 2
+
+
+class TherapyError(Exception):
+    """A request was refused; the message says why. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_rate_ul_per_h: float = DEFAULT_MAX_RATE_UL_PER_H
+    # Volume from the pump outlet to the catheter tip, and whether it holds drug at the start
+    # (a primed line holds the first fill's drug; an unprimed one saline).
+    line_dead_volume_ul: float = 200.0
+    line_primed: bool = True
+    # Delivery buckets are journaled at least this often (simulated seconds).
+    bucket_s: float = 60.0
+    # UNDER_DELIVERY when the device is behind the commanded volume by more than
+    # tolerance_ul + tolerance_fraction × commanded, after grace_s of a command.
+    under_delivery_tolerance_ul: float = 2.0
+    under_delivery_tolerance_fraction: float = 0.05
+    under_delivery_grace_s: float = 5.0
+    # Basal commands carry a device volume limit when the 24 h headroom is less than this
+    # much delivery (so the device itself stops at the daily maximum).
+    dose_limit_horizon_s: float = 3600.0
+    # Largest volume limit one command may carry (the motor driver's own limit).
+    max_volume_per_command_ul: float = 2000.0
+
+
+@dataclass(frozen=True)
+class CommandIntent:
+    """What the pump should do now (becomes a PumpCommand)."""
+
+    action: PumpAction
+    flow_rate_ul_per_h: float
+    volume_limit_ul: float  # 0 = none
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    code: str
+    severity: int
+    active: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class BolusAnswer:
+    granted: bool
+    message: str
+    dose_ug: float = 0.0
+    volume_ul: float = 0.0
+    next_allowed_in_s: float = -1.0
+
+
+@dataclass(frozen=True)
+class RefillResult:
+    discarded_ul: float
+    reservoir_volume_ul: float
+    days_to_refill: float
+    next_refill_s: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    therapy_state: TherapyState
+    program: str
+    drug: str
+    concentration_ug_per_ml: float
+    basal_rate_ul_per_h: float
+    delivered_volume_ul: float
+    delivered_dose_24h_ug: float
+    reservoir_volume_ul: float
+    boluses_24h: int
+    prescribed_volume_ul: float
+    active_alarms: tuple[str, ...]
+    daily_limit_ug: float
+    dose_24h_by_source_ug: Mapping[str, float]
+    delivered_dose_total_ug: float
+    tip_concentration_ug_per_ml: float
+    reservoir_capacity_ul: float
+    days_to_refill: float
+    next_refill_s: float | None
+    next_change_s: float | None
+    active_bolus: str
+    detail: str
+
+
+@dataclass
+class _Bolus:
+    source: DoseSource
+    volume_ul: float  # to deliver
+    dose_ug: float  # nominal
+    rate_ul_per_h: float  # on top of basal
+    delivered_ul: float = 0.0
+
+    @property
+    def left_ul(self) -> float:
+        return max(0.0, self.volume_ul - self.delivered_ul)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "src": self.source.value,
+            "vol": self.volume_ul,
+            "dose": self.dose_ug,
+            "rate": self.rate_ul_per_h,
+            "done": self.delivered_ul,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> _Bolus:
+        return cls(DoseSource(r["src"]), r["vol"], r["dose"], r["rate"], r["done"])
+
+
+@dataclass(frozen=True)
+class _External:
+    code: str
+    severity: AlarmSeverity
+    source: str
+
+
+@dataclass
+class _Issued:
+    intent: CommandIntent
+    basal_rate_ul_per_h: float
+    bolus_rate_ul_per_h: float
+    # Device total and time when the device was first seen running this command.
+    applied_ul: float | None = None
+    applied_t_s: float = 0.0
+
+
+class TherapyEngine:
+    """Build with :meth:`open` (journaled) or directly (in memory, for tests and tools)."""
+
+    def __init__(
+        self,
+        *,
+        t_s: float,
+        library: DrugLibrary,
+        config: EngineConfig | None = None,
+        journal: DoseJournal | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.library = library
+        self._journal = journal
+        self._replaying = False
+        self._t = t_s
+        self._program: TherapyProgram | None = None
+        self._drug: Drug | None = None
+        self._res_drug = ""
+        self._res_conc = 0.0
+        self._res_volume = 0.0
+        self._filled = False
+        self._line: CatheterLine | None = None
+        self._run = False
+        self._why = "no program"
+        self._latched: str | None = None
+        self._fault: str | None = None
+        self._external: dict[tuple[str, str], _External] = {}
+        self._core_alarms: dict[str, AlarmEvent] = {}
+        self._events: list[AlarmEvent] = []
+        self._baseline: float | None = None
+        self._device_total = 0.0  # device-reported volume accounted, since the ledger began
+        self._ledger = DoseLedger(bucket_s=self.config.bucket_s)
+        self._grants: deque[float] = deque()
+        self._answers: OrderedDict[str, BolusAnswer] = OrderedDict()
+        self._bolus: _Bolus | None = None
+        self._bridge = False
+        self._prescribed_ul = 0.0
+        self._prescribed_by_day: dict[int, float] = {}
+        self._overrides: list[tuple[float, str]] = []
+        self._issued: _Issued | None = None
+
+    # --- construction with a journal --------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        t_s: float,
+        library: DrugLibrary,
+        journal_path: Path | None,
+        config: EngineConfig | None = None,
+        initial_program: TherapyProgram | None = None,
+    ) -> TherapyEngine:
+        """Engine restored from ``journal_path`` (created if new; None = not persisted).
+
+        A journal that cannot be trusted gives an engine that refuses to dose and shows a
+        critical ``JOURNAL_FAULT`` until the journal is repaired and the node restarted.
+        ``initial_program`` is applied only to a ledger that has no program yet.
+        """
+        if journal_path is None:
+            engine = cls(t_s=t_s, library=library, config=config)
+        else:
+            try:
+                journal, records = DoseJournal.open(journal_path, t_s=t_s)
+            except (JournalError, OSError) as exc:
+                engine = cls(t_s=t_s, library=library, config=config)
+                engine._enter_fault(str(exc))
+                return engine
+            engine = cls(t_s=t_s, library=library, config=config, journal=journal)
+            try:
+                engine._restore(records)
+            except (KeyError, TypeError, ValueError, ProgramError, DrugLibraryError) as exc:
+                journal.close()
+                engine = cls(t_s=t_s, library=library, config=config)
+                engine._enter_fault(f"dose journal {journal_path}: cannot replay ({exc})")
+                return engine
+        if initial_program is not None and engine._program is None and engine._fault is None:
+            engine.set_program(max(t_s, engine._t), initial_program)
+        return engine
+
+    def close(self) -> None:
+        """Journal the open delivery bucket and close the journal (a clean shutdown)."""
+        if self._fault is None:
+            self._flush_bucket()
+        if self._journal is not None:
+            self._journal.close()
+
+    def _enter_fault(self, reason: str) -> None:
+        self._fault = reason
+        self._run = False
+        self._set_core_alarm(JOURNAL_FAULT, AlarmSeverity.CRITICAL, True, reason)
+
+    # --- commands from the outside ----------------------------------------------------------
+
+    def set_program(
+        self,
+        t_s: float,
+        program: TherapyProgram,
+        *,
+        override_titration: bool = False,
+        override_reason: str = "",
+    ) -> str:
+        """Apply a whole program, or raise :class:`TherapyError` and change nothing."""
+        self._advance(t_s)
+        self._refuse_if_fault()
+        drug = self._library_drug(program.drug)
+        if self._filled:
+            if program.drug != self._res_drug:
+                raise TherapyError(
+                    f"drug: the program is for {program.drug} but the reservoir holds "
+                    f"{self._res_drug}; refill with {program.drug} first"
+                )
+            if not math.isclose(program.concentration_ug_per_ml, self._res_conc, rel_tol=1e-12):
+                raise TherapyError(
+                    f"concentration_ug_per_ml: the program says "
+                    f"{program.concentration_ug_per_ml:g} µg/mL but the reservoir holds "
+                    f"{self._res_conc:g} µg/mL (set by the last fill)"
+                )
+        problem = titration_problem(self._program, program, drug)
+        note = ""
+        if problem:
+            if not override_titration:
+                raise TherapyError(f"titration limit: {problem}; an explicit override is needed")
+            if not override_reason.strip():
+                raise TherapyError("titration override needs a reason (it is recorded)")
+            note = f"; titration limit overridden ({override_reason.strip()})"
+        first = not self._filled  # the ledger's first program starts therapy
+        self._program, self._drug = program, drug
+        self._ledger.utc_offset_s = program.schedule.utc_offset_s
+        fill = ""
+        if not self._filled:
+            self._fill(program.drug, program.concentration_ug_per_ml, program.reservoir_volume_ul)
+            fill = f"; reservoir filled with {program.reservoir_volume_ul:g} µL"
+        if first and self._latched is None:
+            self._run = True
+        if problem:
+            self._overrides.append((t_s, override_reason.strip()))
+        self._record(
+            "program",
+            yaml=program.to_yaml(),
+            override=bool(problem),
+            reason=override_reason.strip() if problem else "",
+        )
+        self._update_reservoir_alarms()
+        return f"program {program.name!r} applied: {program.summary()}{fill}{note}"
+
+    def suspend(self, t_s: float, reason: str = "") -> None:
+        """Stop delivery until :meth:`resume`; an active bolus is abandoned. Always allowed."""
+        self._advance(t_s)
+        self._run = False
+        self._why = f"suspended: {reason}" if reason else "suspended"
+        self._bolus = None
+        self._record("suspend", why=self._why)
+
+    def resume(self, t_s: float) -> None:
+        self._advance(t_s)
+        self._refuse_if_fault()
+        critical = [a for a in self._external.values() if a.severity >= AlarmSeverity.CRITICAL]
+        if critical:
+            names = ", ".join(sorted(f"{a.code} ({a.source})" for a in critical))
+            raise TherapyError(f"critical alarm still active: {names}")
+        if self._latched is not None:
+            raise TherapyError(f"in ALARM ({self._latched}): clear alarms first")
+        if self._program is None:
+            raise TherapyError("no program loaded")
+        if self._res_volume <= 0.0:
+            raise TherapyError("reservoir empty: refill first")
+        self._run = True
+        self._record("resume")
+
+    def on_alarm(self, t_s: float, code: str, severity: int, active: bool, source: str) -> None:
+        """An alarm from another node; an active CRITICAL one latches ALARM (stops the pump)."""
+        self._advance(t_s)
+        if code in CORE_ALARM_CODES:
+            return  # our own alarms echoed back
+        sev = AlarmSeverity.CRITICAL if severity >= AlarmSeverity.CRITICAL else severity
+        key = (source, code)
+        if not active:
+            self._external.pop(key, None)
+            return
+        if sev <= AlarmSeverity.INFO:
+            return
+        self._external[key] = _External(code, AlarmSeverity(sev), source)
+        if sev == AlarmSeverity.CRITICAL and self._latched is None:
+            self._latch(f"{code} from {source}")
+
+    def clear_alarms(self, t_s: float) -> None:
+        """Forget remembered alarms; ALARM becomes SUSPENDED (resume is needed)."""
+        self._advance(t_s)
+        self._external.clear()
+        if self._latched is not None:
+            self._why = f"alarm cleared ({self._latched}): resume to restart"
+            self._latched = None
+            self._run = False
+            self._record("clear", why=self._why)
+        for code in _LATCHED_NOTICES:
+            self._set_core_alarm(code, AlarmSeverity.WARNING, False, "cleared")
+
+    def request_bolus(self, t_s: float, request_id: str = "") -> BolusAnswer:
+        """A patient-activated bolus: granted, or denied with the reason and the wait."""
+        self._advance(t_s)
+        if request_id and request_id in self._answers:
+            return self._answers[request_id]
+        answer = self._decide_patient_bolus(t_s)
+        if answer.granted:
+            if request_id:
+                self._answers[request_id] = answer
+                while len(self._answers) > _MAX_REMEMBERED_REQUESTS:
+                    self._answers.popitem(last=False)
+            self._grants.append(t_s)
+            self._record("grant", rid=request_id, dose=answer.dose_ug, vol=answer.volume_ul)
+        return answer
+
+    def clinician_bolus(
+        self,
+        t_s: float,
+        kind: str,
+        *,
+        dose_ug: float = 0.0,
+        volume_ul: float = 0.0,
+        duration_s: float = 0.0,
+    ) -> str:
+        """kind: clinician (dose over duration), prime (volume over duration), or bridge."""
+        self._advance(t_s)
+        self._refuse_if_fault()
+        kind = kind.strip().lower()
+        if self.state is not TherapyState.RUNNING:
+            raise TherapyError(f"therapy is {self.state.name}: a bolus needs RUNNING therapy")
+        if self._bolus is not None:
+            raise TherapyError(f"a bolus is in progress ({self._bolus_text()})")
+        if kind == "bridge":
+            return self._start_bridge()
+        line, conc = self._require_line(), self._res_conc
+        if kind == "clinician":
+            _check_positive("dose_ug", dose_ug)
+            _check_positive("duration_s", duration_s)
+            volume = line.volume_for_dose_ul(dose_ug, conc)
+            source, dose = DoseSource.CLINICIAN_BOLUS, dose_ug
+        elif kind == "prime":
+            _check_positive("volume_ul", volume_ul)
+            _check_positive("duration_s", duration_s)
+            volume = volume_ul
+            source, dose = DoseSource.PRIME, line.dose_for_volume_ug(volume_ul, conc)
+        else:
+            raise TherapyError(f"kind: unknown bolus kind {kind!r} (clinician, prime, bridge)")
+        if not math.isfinite(volume):
+            raise TherapyError("the line and reservoir hold no drug: no dose can be delivered")
+        self._check_bolus_fits(t_s, volume, dose, duration_s)
+        rate = volume / (duration_s / SECONDS_PER_HOUR)
+        self._start_bolus(t_s, _Bolus(source, volume, dose, rate))
+        return f"{source.value} bolus started: {dose:.6g} µg in {volume:.6g} µL over " + (
+            f"{duration_s / 60:g} min"
+        )
+
+    def refill(
+        self,
+        t_s: float,
+        *,
+        volume_ul: float,
+        drug: str,
+        concentration_ug_per_ml: float,
+        withdrawn_ul: float = 0.0,
+        bridge: bool = False,
+    ) -> RefillResult:
+        """Discard the residual drug and fill ``volume_ul`` of ``drug`` at the concentration."""
+        self._advance(t_s)
+        self._refuse_if_fault()
+        program = self._program
+        if program is None:
+            raise TherapyError("no program: set one first (it gives the reservoir's capacity)")
+        _check_positive("volume_ul", volume_ul)
+        _check_positive("concentration_ug_per_ml", concentration_ug_per_ml)
+        if not (math.isfinite(withdrawn_ul) and withdrawn_ul >= 0):
+            raise TherapyError(f"withdrawn_ul: must be a finite number >= 0 (got {withdrawn_ul!r})")
+        new_drug = self._library_drug(drug.strip().lower())
+        problem = new_drug.check_concentration(concentration_ug_per_ml)
+        if problem:
+            raise TherapyError(f"concentration_ug_per_ml: {problem}")
+        if volume_ul > program.reservoir_capacity_ul:
+            raise TherapyError(
+                f"volume_ul: {volume_ul:g} µL is above the reservoir's capacity of "
+                f"{program.reservoir_capacity_ul:g} µL"
+            )
+        changes_drug = new_drug.name != self._res_drug
+        if changes_drug and self.state is TherapyState.RUNNING:
+            raise TherapyError(
+                f"drug: refilling with {new_drug.name} instead of {self._res_drug} needs "
+                "suspended therapy (and then a program for the new drug)"
+            )
+        if bridge and (changes_drug or concentration_ug_per_ml == self._res_conc):
+            raise TherapyError("bridge: only for a new concentration of the same drug")
+        discarded = self._res_volume
+        notes = [f"discarded {discarded:.6g} µL"]
+        if withdrawn_ul > 0:
+            gap = withdrawn_ul - discarded
+            notes.append(f"withdrawn {withdrawn_ul:.6g} µL ({gap:+.6g} µL from calculated)")
+            if abs(gap) > max(100.0, 0.1 * discarded):
+                self._set_core_alarm(
+                    REFILL_DISCREPANCY,
+                    AlarmSeverity.WARNING,
+                    True,
+                    f"withdrawn {withdrawn_ul:.6g} µL but {discarded:.6g} µL was calculated: "
+                    "check delivery",
+                )
+        self._flush_bucket()
+        self._fill(new_drug.name, concentration_ug_per_ml, volume_ul)
+        if changes_drug:
+            self._program, self._drug = None, None
+            self._run = False
+            self._why = f"refilled with {new_drug.name}: set a program for it"
+            self._bolus = None
+        self._bridge = bool(bridge)
+        self._record(
+            "refill",
+            vol=volume_ul,
+            drug=new_drug.name,
+            conc=concentration_ug_per_ml,
+            withdrawn=withdrawn_ul,
+            discarded=discarded,
+            bridge=bool(bridge),
+        )
+        self._update_reservoir_alarms()
+        days, when = self._refill_projection(t_s)
+        notes.append(
+            f"reservoir {volume_ul:.6g} µL of {new_drug.name} {concentration_ug_per_ml:g} µg/mL"
+        )
+        if bridge:
+            notes.append("bridge: dosing by the concentration at the catheter tip")
+        return RefillResult(discarded, self._res_volume, days, when, "; ".join(notes))
+
+    def on_device_volume(
+        self, t_s: float, delivered_volume_ul: float, *, command_applied: bool = True
+    ) -> None:
+        """Account the device's CUMULATIVE delivered volume (PumpState.delivered_volume_ul).
+
+        The first value only sets the baseline. A decrease means the device's counter
+        restarted: re-baseline without counting (and warn). NaN/inf are ignored.
+        ``command_applied`` says whether the device already runs the latest command; until it
+        does, its volume is not credited to a bolus that command started.
+        """
+        self._advance(t_s)
+        if not math.isfinite(delivered_volume_ul):
+            self._set_core_alarm(
+                INVALID_DEVICE_VOLUME,
+                AlarmSeverity.WARNING,
+                True,
+                f"device reported delivered volume {delivered_volume_ul!r}; ignored",
+            )
+            return
+        self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
+        baseline = self._baseline
+        self._baseline = delivered_volume_ul
+        if baseline is None:
+            return
+        delta = delivered_volume_ul - baseline
+        issued = self._issued
+        if command_applied and issued is not None and issued.applied_ul is None:
+            issued.applied_ul, issued.applied_t_s = self._device_total, t_s
+        if delta < 0.0:
+            self._set_core_alarm(
+                VOLUME_COUNTER_RESET,
+                AlarmSeverity.WARNING,
+                True,
+                f"device volume counter went back from {baseline:.3f} to "
+                f"{delivered_volume_ul:.3f} µL; re-baselined",
+            )
+            return
+        if delta > 0.0:
+            self._deliver(t_s, delta, command_applied)
+        if self._ledger.bucket_due(t_s):
+            self._flush_bucket()
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> TherapyState:
+        if self._latched is not None or self._fault is not None:
+            return TherapyState.ALARM
+        if self._program is None:
+            return TherapyState.NO_PROGRAM
+        if self._res_volume <= 0.0:
+            return TherapyState.EMPTY
+        if not self._run:
+            return TherapyState.SUSPENDED
+        return TherapyState.RUNNING
+
+    @property
+    def program(self) -> TherapyProgram | None:
+        return self._program
+
+    @property
+    def ledger(self) -> DoseLedger:
+        return self._ledger
+
+    @property
+    def prescribed_by_day(self) -> dict[int, float]:
+        """Prescribed patient dose (basal while running + granted boluses) per local day."""
+        return dict(self._prescribed_by_day)
+
+    @property
+    def overrides(self) -> list[tuple[float, str]]:
+        return list(self._overrides)
+
+    def daily_limit_ug(self) -> float:
+        if self._program is None or self._drug is None:
+            return 0.0
+        return self._program.daily_limit_ug(self._drug)
+
+    def command(self, t_s: float) -> CommandIntent:
+        """The command for now. The same object is returned while nothing needs re-sending."""
+        self._advance(t_s)
+        desired, basal, bolus = self._desired(t_s)
+        issued = self._issued
+        if issued is not None and self._same_command(issued, desired):
+            return issued.intent
+        self._issued = _Issued(desired, basal, bolus)
+        return desired
+
+    def snapshot(self, t_s: float) -> EngineSnapshot:
+        self._advance(t_s)
+        program = self._program
+        active = {a.code for a in self._external.values()}
+        active |= {code for code, ev in self._core_alarms.items() if ev.active}
+        days, when = self._refill_projection(t_s)
+        line = self._line
+        return EngineSnapshot(
+            therapy_state=self.state,
+            program=program.name if program else "",
+            drug=self._res_drug,
+            concentration_ug_per_ml=self._res_conc,
+            basal_rate_ul_per_h=self._basal_rate(t_s) if program else 0.0,
+            delivered_volume_ul=self._ledger.total_volume_ul,
+            delivered_dose_24h_ug=self._ledger.dose_24h_ug(t_s),
+            reservoir_volume_ul=self._res_volume,
+            boluses_24h=self._boluses_24h(t_s),
+            prescribed_volume_ul=self._prescribed_ul,
+            active_alarms=tuple(sorted(active)),
+            daily_limit_ug=self.daily_limit_ug(),
+            dose_24h_by_source_ug=self._ledger.dose_24h_by_source_ug(t_s),
+            delivered_dose_total_ug=self._ledger.total_dose_ug,
+            tip_concentration_ug_per_ml=line.tip_concentration_ug_per_ml if line else 0.0,
+            reservoir_capacity_ul=program.reservoir_capacity_ul if program else 0.0,
+            days_to_refill=days,
+            next_refill_s=when,
+            next_change_s=self._next_change(t_s),
+            active_bolus=self._bolus_text(),
+            detail=self._detail(),
+        )
+
+    def drain_alarm_events(self) -> list[AlarmEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _basal_source(self) -> DoseSource:
+        return DoseSource.BRIDGE if self._bridge else DoseSource.BASAL
+
+    def _rate_concentration(self) -> float:
+        """Concentration the basal rate is computed from: the tip's during a bridge."""
+        line = self._line
+        if self._bridge and line is not None and line.tip_concentration_ug_per_ml > 0:
+            return line.tip_concentration_ug_per_ml
+        return self._res_conc
+
+    def _basal_rate(self, t_s: float) -> float:
+        program = self._program
+        conc = self._rate_concentration()
+        if program is None or conc <= 0:
+            return 0.0
+        return program.schedule.dose_rate_ug_per_h(t_s) / conc * _UL_PER_ML
+
+    def _desired(self, t_s: float) -> tuple[CommandIntent, float, float]:
+        state = self.state
+        if state is not TherapyState.RUNNING:
+            return CommandIntent(PumpAction.STOP, 0.0, 0.0, self._stop_reason(state)), 0.0, 0.0
+        program = self._program
+        assert program is not None
+        basal = self._basal_rate(t_s)
+        rate, limit, bolus_rate = basal, math.inf, 0.0
+        reason = f"basal {basal:.6g} µL/h ({program.name})"
+        if self._bridge:
+            reason = f"bridge {basal:.6g} µL/h at tip {self._rate_concentration():g} µg/mL"
+        bolus = self._bolus
+        if bolus is not None:
+            bolus_rate = bolus.rate_ul_per_h
+            rate = basal + bolus_rate
+            limit = bolus.left_ul * rate / bolus_rate
+            reason = f"{bolus.source.value} {bolus.left_ul:.6g} µL left + {reason}"
+        # Never past the daily maximum: cap the volume the device may deliver.
+        headroom = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s)
+        line = self._require_line()
+        if headroom <= self.daily_limit_ug() * _REL_EPS:
+            self._set_core_alarm(
+                DOSE_LIMIT,
+                AlarmSeverity.WARNING,
+                True,
+                f"24 h dose at the daily maximum of {self.daily_limit_ug():g} µg: delivery held",
+            )
+            return CommandIntent(PumpAction.STOP, 0.0, 0.0, "daily maximum reached"), 0.0, 0.0
+        headroom_ul = line.volume_for_dose_ul(headroom, self._res_conc)
+        if headroom_ul < rate * self.config.dose_limit_horizon_s / SECONDS_PER_HOUR:
+            limit = min(limit, headroom_ul)
+            reason += f"; capped at {headroom_ul:.6g} µL by the daily maximum"
+        else:
+            self._set_core_alarm(DOSE_LIMIT, AlarmSeverity.WARNING, False, "below the maximum")
+        if rate <= 0.0:
+            return CommandIntent(PumpAction.STOP, 0.0, 0.0, "basal rate 0"), 0.0, 0.0
+        if rate > self.config.max_rate_ul_per_h:
+            # Only a bridge at a very low old concentration can ask for this; never exceed.
+            scale = self.config.max_rate_ul_per_h / rate
+            rate, basal, bolus_rate = rate * scale, basal * scale, bolus_rate * scale
+            reason += f"; limited to the device maximum {self.config.max_rate_ul_per_h:g} µL/h"
+        limit = min(limit, self.config.max_volume_per_command_ul)
+        if limit >= self.config.max_volume_per_command_ul and bolus is None:
+            limit = 0.0  # a plain basal command needs no device limit
+        intent = CommandIntent(
+            PumpAction.INFUSE, rate, limit if math.isfinite(limit) else 0.0, reason
+        )
+        return intent, basal, bolus_rate
+
+    def _same_command(self, issued: _Issued, desired: CommandIntent) -> bool:
+        old = issued.intent
+        if old.action != desired.action:
+            return False
+        if old.action is not PumpAction.INFUSE:
+            return old.reason == desired.reason
+        if not math.isclose(old.flow_rate_ul_per_h, desired.flow_rate_ul_per_h, rel_tol=1e-12):
+            return False
+        if old.volume_limit_ul == 0.0 or desired.volume_limit_ul == 0.0:
+            return old.volume_limit_ul == desired.volume_limit_ul
+        if issued.applied_ul is None:
+            return True  # the device has not started it yet: nothing of it is used up
+        remaining = old.volume_limit_ul - (self._device_total - issued.applied_ul)
+        return abs(remaining - desired.volume_limit_ul) <= max(1e-3, 0.01 * desired.volume_limit_ul)
+
+    def _deliver(self, t_s: float, volume_ul: float, command_applied: bool) -> None:
+        line = self._line
+        if line is None:
+            # Volume with no fill known (no program ever): volume only, no drug.
+            self._device_total += volume_ul
+            self._ledger.add(t_s, DoseSource.BASAL, volume_ul, 0.0)
+            return
+        issued = self._issued
+        shares: dict[DoseSource, float] = {}
+        bolus = self._bolus
+        if (
+            bolus is not None
+            and command_applied
+            and issued is not None
+            and issued.bolus_rate_ul_per_h > 0
+        ):
+            total_rate = issued.basal_rate_ul_per_h + issued.bolus_rate_ul_per_h
+            part = min(bolus.left_ul, volume_ul * issued.bolus_rate_ul_per_h / total_rate)
+            shares[bolus.source] = part
+            rest = volume_ul - part
+            if rest > 0:
+                shares[self._basal_source()] = rest
+            bolus.delivered_ul += part
+        else:
+            shares[self._basal_source()] = volume_ul
+        outflow = line.push(volume_ul, self._res_conc)
+        for source, vol in shares.items():
+            self._ledger.add(t_s, source, vol, outflow.dose_ug * vol / volume_ul)
+        self._device_total += volume_ul
+        self._res_volume = max(0.0, self._res_volume - volume_ul)
+        if bolus is not None and bolus.left_ul <= bolus.volume_ul * _REL_EPS:
+            self._bolus = None
+            self._record("bolus_done", src=bolus.source.value)
+        if self._bridge and line.volume_until_concentration_ul(self._res_conc) <= 0.0:
+            self._bridge = False
+            self._record("bridge_done")
+        self._check_under_delivery(t_s)
+        limit = self.daily_limit_ug()
+        if limit > 0 and self._ledger.dose_24h_ug(t_s) > limit * (1.0 + 1e-6):
+            self._latch(f"{DOSE_LIMIT}: the device delivered past the daily maximum")
+            self._set_core_alarm(
+                DOSE_LIMIT,
+                AlarmSeverity.CRITICAL,
+                True,
+                f"24 h dose {self._ledger.dose_24h_ug(t_s):.6g} µg is above the daily maximum "
+                f"of {limit:g} µg: stopped",
+            )
+        self._update_reservoir_alarms()
+
+    def _check_under_delivery(self, t_s: float) -> None:
+        issued = self._issued
+        if issued is None or issued.intent.action is not PumpAction.INFUSE:
+            return
+        if issued.applied_ul is None:
+            return
+        cfg = self.config
+        running_s = t_s - issued.applied_t_s - cfg.under_delivery_grace_s
+        if running_s <= 0:
+            return
+        expected = issued.intent.flow_rate_ul_per_h * running_s / SECONDS_PER_HOUR
+        if issued.intent.volume_limit_ul > 0:
+            expected = min(expected, issued.intent.volume_limit_ul)
+        got = self._device_total - issued.applied_ul
+        short = expected - got
+        if (
+            short
+            > cfg.under_delivery_tolerance_ul + cfg.under_delivery_tolerance_fraction * expected
+        ):
+            self._set_core_alarm(
+                UNDER_DELIVERY,
+                AlarmSeverity.WARNING,
+                True,
+                f"device delivered {got:.4g} µL of {expected:.4g} µL commanded since "
+                f"{issued.intent.reason!r}; the rate is not raised to catch up",
+            )
+
+    # --- boluses ----------------------------------------------------------------------------
+
+    def _decide_patient_bolus(self, t_s: float) -> BolusAnswer:
+        program = self._program
+        if self._fault is not None:
+            return BolusAnswer(False, f"dose journal fault: {self._fault}")
+        if program is None or program.patient_bolus is None:
+            return BolusAnswer(False, "this program has no patient bolus")
+        policy = program.patient_bolus
+        if self.state is not TherapyState.RUNNING:
+            return BolusAnswer(False, f"therapy is {self.state.name}", next_allowed_in_s=-1.0)
+        waits: list[tuple[float, str]] = []
+        if self._bolus is not None:
+            rate = self._bolus.rate_ul_per_h
+            waits.append((self._bolus.left_ul / rate * SECONDS_PER_HOUR, "a bolus is in progress"))
+        self._expire_grants(t_s)
+        if self._grants and t_s - self._grants[-1] < policy.lockout_s:
+            wait = self._grants[-1] + policy.lockout_s - t_s
+            waits.append((wait, f"lockout: {policy.lockout_s / 60:g} min after the last bolus"))
+        if len(self._grants) >= policy.max_per_24h:
+            n_over = len(self._grants) - policy.max_per_24h
+            wait = self._grants[n_over] + SECONDS_PER_DAY - t_s
+            waits.append((wait, f"{policy.max_per_24h} boluses already in the last 24 h"))
+        line = self._require_line()
+        volume = line.volume_for_dose_ul(policy.dose_ug, self._res_conc)
+        if not math.isfinite(volume) or volume > self._res_volume:
+            return BolusAnswer(False, "not enough drug in the reservoir", next_allowed_in_s=-1.0)
+        basal_during = program.schedule.dose_ug(t_s, t_s + policy.duration_s)
+        needed = policy.dose_ug + basal_during
+        limit = self.daily_limit_ug()
+        room_at = limit - needed
+        wait_dose = (
+            self._ledger.time_until_window_at_most(t_s, room_at) if room_at >= 0 else math.inf
+        )
+        if wait_dose > 0:
+            waits.append((wait_dose, f"would pass the daily maximum of {limit:g} µg"))
+        if waits:
+            wait, _why = max(waits)
+            reasons = "; ".join(w for _, w in waits)
+            shown = wait if math.isfinite(wait) else -1.0
+            return BolusAnswer(False, f"denied: {reasons}", next_allowed_in_s=shown)
+        rate = volume / (policy.duration_s / SECONDS_PER_HOUR)
+        self._start_bolus(t_s, _Bolus(DoseSource.PATIENT_BOLUS, volume, policy.dose_ug, rate))
+        return BolusAnswer(
+            True,
+            f"granted: {policy.dose_ug:g} µg ({volume:.4g} µL) over {policy.duration_s / 60:g} min",
+            policy.dose_ug,
+            volume,
+            policy.lockout_s,
+        )
+
+    def _check_bolus_fits(self, t_s: float, volume: float, dose: float, duration_s: float) -> None:
+        rate = volume / (duration_s / SECONDS_PER_HOUR) + self._basal_rate(t_s)
+        if rate > self.config.max_rate_ul_per_h:
+            raise TherapyError(
+                f"duration_s: {rate:.6g} µL/h with the basal is above the device limit of "
+                f"{self.config.max_rate_ul_per_h:g} µL/h"
+            )
+        if volume > self._res_volume:
+            raise TherapyError(
+                f"not enough drug: {volume:.6g} µL asked, {self._res_volume:.6g} µL left"
+            )
+        program = self._program
+        assert program is not None
+        needed = dose + program.schedule.dose_ug(t_s, t_s + duration_s)
+        room = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s)
+        if needed > room:
+            raise TherapyError(
+                f"would pass the daily maximum of {self.daily_limit_ug():g} µg "
+                f"({room:.6g} µg left in the last 24 h, {needed:.6g} µg needed)"
+            )
+
+    def _start_bolus(self, t_s: float, bolus: _Bolus) -> None:
+        self._flush_bucket()
+        self._bolus = bolus
+        day = self._ledger_day(t_s)
+        self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + bolus.dose_ug
+        self._record("bolus", bolus=bolus.to_record())
+
+    def _start_bridge(self) -> str:
+        line = self._require_line()
+        if line.volume_until_concentration_ul(self._res_conc) <= 0:
+            raise TherapyError("bridge: the line already holds the reservoir's concentration")
+        if line.tip_concentration_ug_per_ml <= 0:
+            raise TherapyError("bridge: the line holds no drug; prime it instead")
+        self._flush_bucket()
+        self._bridge = True
+        self._record("bridge")
+        left = line.volume_until_concentration_ul(self._res_conc)
+        return f"bridge started: {left:.6g} µL of older drug dosed by its own concentration"
+
+    def _bolus_text(self) -> str:
+        b = self._bolus
+        if b is None:
+            return "bridge" if self._bridge else ""
+        return f"{b.source.value} {b.dose_ug:.6g} µg: {b.left_ul:.4g} of {b.volume_ul:.4g} µL left"
+
+    def _expire_grants(self, t_s: float) -> None:
+        while self._grants and self._grants[0] + SECONDS_PER_DAY <= t_s:
+            self._grants.popleft()
+
+    def _boluses_24h(self, t_s: float) -> int:
+        self._expire_grants(t_s)
+        return len(self._grants)
+
+    # --- time, reservoir, alarms ------------------------------------------------------------
+
+    def _advance(self, t_s: float) -> None:
+        dt = t_s - self._t
+        if dt > 0 and self.state is TherapyState.RUNNING and self._program is not None:
+            schedule = self._program.schedule
+            t = self._t
+            while t < t_s:  # split at local midnight for the per-day figures
+                day = self._ledger_day(t)
+                end = min(t_s, (day + 1) * SECONDS_PER_DAY - schedule.utc_offset_s)
+                dose = schedule.dose_ug(t, end)
+                self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + dose
+                if self._res_conc > 0:
+                    self._prescribed_ul += dose / self._res_conc * _UL_PER_ML
+                t = end
+        self._t = max(self._t, t_s)
+
+    def _ledger_day(self, t_s: float) -> int:
+        offset = self._program.schedule.utc_offset_s if self._program else 0.0
+        return math.floor((t_s + offset) / SECONDS_PER_DAY)
+
+    def _next_change(self, t_s: float) -> float | None:
+        if self.state is not TherapyState.RUNNING or self._program is None:
+            return None
+        times = []
+        step = self._program.schedule.next_change_s(t_s)
+        if step is not None:
+            times.append(step)
+        issued = self._issued
+        bolus = self._bolus
+        if bolus is not None:
+            times.append(t_s + bolus.left_ul / bolus.rate_ul_per_h * SECONDS_PER_HOUR)
+        line = self._line
+        if self._bridge and line is not None and issued is not None:
+            rate = issued.intent.flow_rate_ul_per_h
+            if rate > 0:
+                left = line.segments[0].volume_ul if line.segments else 0.0
+                times.append(t_s + left / rate * SECONDS_PER_HOUR)
+        return min(times) if times else None
+
+    def _fill(self, drug: str, concentration: float, volume_ul: float) -> None:
+        first = not self._filled
+        self._res_drug, self._res_conc, self._res_volume = drug, concentration, volume_ul
+        self._filled = True
+        if first:
+            start = concentration if self.config.line_primed else 0.0
+            self._line = CatheterLine(self.config.line_dead_volume_ul, start)
+
+    def _refill_projection(self, t_s: float) -> tuple[float, float | None]:
+        program = self._program
+        if program is None or self._res_conc <= 0:
+            return -1.0, None
+        daily_ul = program.schedule.mean_daily_dose_ug / self._res_conc * _UL_PER_ML
+        if daily_ul <= 0:
+            return -1.0, None
+        days = max(0.0, self._res_volume - program.low_reservoir_ul) / daily_ul
+        return days, t_s + days * SECONDS_PER_DAY
+
+    def _update_reservoir_alarms(self) -> None:
+        program = self._program
+        if program is None:
+            return
+        volume = self._res_volume
+        empty = volume <= 0.0
+        self._set_core_alarm(
+            RESERVOIR_EMPTY,
+            AlarmSeverity.CRITICAL,
+            empty,
+            "reservoir empty: delivery stopped" if empty else "reservoir no longer empty",
+        )
+        if empty and self._run:
+            self._run = False
+            self._why = "reservoir was empty: refill and resume"
+        daily_ul = program.schedule.mean_daily_dose_ug / self._res_conc * _UL_PER_ML
+        days_left = volume / daily_ul if daily_ul > 0 else math.inf
+        by_volume = volume <= program.low_reservoir_ul
+        by_days = program.low_reservoir_days is not None and days_left <= program.low_reservoir_days
+        self._set_core_alarm(
+            LOW_RESERVOIR,
+            AlarmSeverity.WARNING,
+            by_volume or by_days,
+            f"reservoir {volume:.1f} µL (low alarm {program.low_reservoir_ul:g} µL), "
+            f"{days_left:.1f} days left",
+        )
+
+    def _latch(self, why: str) -> None:
+        self._latched = why
+        self._bolus = None
+        self._record("latch", why=why)
+
+    def _set_core_alarm(self, code: str, severity: int, active: bool, message: str) -> None:
+        previous = self._core_alarms.get(code)
+        if previous is not None and previous.active == active and previous.severity == severity:
+            return
+        if previous is None and not active:
+            return
+        event = AlarmEvent(code, int(severity), active, message)
+        self._core_alarms[code] = event
+        self._events.append(event)
+
+    def _stop_reason(self, state: TherapyState) -> str:
+        if self._fault is not None:
+            return f"dose journal fault: {self._fault}"
+        return {
+            TherapyState.ALARM: f"alarm: {self._latched}",
+            TherapyState.NO_PROGRAM: "no program",
+            TherapyState.EMPTY: "reservoir empty",
+            TherapyState.SUSPENDED: self._why,
+        }.get(state, "")
+
+    def _detail(self) -> str:
+        state = self.state
+        if state is TherapyState.RUNNING:
+            return self._bolus_text() or "basal"
+        return self._stop_reason(state)
+
+    def _refuse_if_fault(self) -> None:
+        if self._fault is not None:
+            raise TherapyError(f"dosing refused: {self._fault}")
+
+    def _require_line(self) -> CatheterLine:
+        if self._line is None:
+            raise TherapyError("no fill known yet: set a program first")
+        return self._line
+
+    def _library_drug(self, name: str) -> Drug:
+        try:
+            return self.library.get(name)
+        except DrugLibraryError as exc:
+            raise TherapyError(f"drug: {exc.message}") from None
+
+    # --- journal ----------------------------------------------------------------------------
+
+    def _state_record(self) -> dict[str, Any]:
+        return {
+            "t": self._t,
+            "res": [self._res_drug, self._res_conc, self._res_volume, self._filled],
+            "line": self._line.to_state() if self._line else None,
+            "dev": [self._baseline, self._device_total],
+            "run": [self._run, self._why, self._latched],
+            "bolus": self._bolus.to_record() if self._bolus else None,
+            "bridge": self._bridge,
+            "presc": [self._prescribed_ul, {str(d): v for d, v in self._prescribed_by_day.items()}],
+        }
+
+    def _load_state(self, s: Mapping[str, Any]) -> None:
+        self._t = max(self._t, float(s["t"]))
+        drug, conc, volume, filled = s["res"]
+        self._res_drug, self._res_conc, self._res_volume = str(drug), float(conc), float(volume)
+        self._filled = bool(filled)
+        line = s["line"]
+        self._line = (
+            CatheterLine.from_state(self.config.line_dead_volume_ul, line) if line else None
+        )
+        self._baseline, self._device_total = s["dev"][0], float(s["dev"][1])
+        self._run, self._why, self._latched = bool(s["run"][0]), str(s["run"][1]), s["run"][2]
+        self._bolus = _Bolus.from_record(s["bolus"]) if s["bolus"] else None
+        self._bridge = bool(s["bridge"])
+        self._prescribed_ul = float(s["presc"][0])
+        self._prescribed_by_day = {int(d): float(v) for d, v in s["presc"][1].items()}
+
+    def _record(self, kind: str, **data: Any) -> None:
+        if self._journal is None or self._replaying:
+            return
+        if kind != "dlv":
+            self._flush_bucket()
+        self._append({"k": kind, **data, "s": self._state_record()})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        assert self._journal is not None
+        try:
+            self._journal.append(record)
+        except (OSError, JournalError, ValueError) as exc:
+            self._journal = None
+            self._enter_fault(f"cannot write the dose journal: {exc}")
+
+    def _flush_bucket(self) -> None:
+        bucket = self._ledger.close_bucket()
+        if bucket is None or self._journal is None or self._replaying:
+            return
+        self._append({"k": "dlv", **bucket.to_record(), "s": self._state_record()})
+
+    def _restore(self, records: list[dict[str, Any]]) -> None:
+        self._replaying = True
+        try:
+            last: Mapping[str, Any] | None = None
+            for record in records:
+                kind = record["k"]
+                if kind == "program":
+                    program = parse_program(
+                        record["yaml"],
+                        source="dose journal",
+                        max_rate_ul_per_h=self.config.max_rate_ul_per_h,
+                        library=self.library,
+                    )
+                    self._program, self._drug = program, self._library_drug(program.drug)
+                    self._ledger.utc_offset_s = program.schedule.utc_offset_s
+                    if record["override"]:
+                        self._overrides.append((float(record["s"]["t"]), str(record["reason"])))
+                elif kind == "refill":
+                    if self._program is not None and record["drug"] != self._program.drug:
+                        self._program, self._drug = None, None
+                elif kind == "dlv":
+                    self._ledger.apply(DeliveryBucket.from_record(record))
+                elif kind == "grant":
+                    self._grants.append(float(record["s"]["t"]))
+                    if record["rid"]:
+                        self._answers[str(record["rid"])] = BolusAnswer(
+                            True,
+                            "granted (earlier request with this id)",
+                            float(record["dose"]),
+                            float(record["vol"]),
+                            -1.0,
+                        )
+                last = record["s"]
+            if last is not None:
+                self._load_state(last)
+            self._issued = None
+        finally:
+            self._replaying = False
+        self._update_reservoir_alarms()
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise TherapyError(f"{name}: must be a finite number > 0 (got {value!r})")
