@@ -121,7 +121,7 @@ class DoseLedger:
         if self._open is None:
             return False
         t0 = self._open[0]
-        return t_s - t0 >= self.bucket_s or self._day_of(t0) != self._day_of(t_s)
+        return t_s - t0 >= self.bucket_s or self.day_of(t0) != self.day_of(t_s)
 
     def close_bucket(self) -> DeliveryBucket | None:
         """Close the open bucket; return it (to be journaled), or None if nothing is open."""
@@ -136,7 +136,8 @@ class DoseLedger:
     def apply(self, bucket: DeliveryBucket) -> None:
         """Account a closed bucket (also how the journal is replayed)."""
         self._window.append(bucket)
-        day = self._days.setdefault(self._day_of(bucket.t1_s), DayTotal(self._day_of(bucket.t1_s)))
+        day_number = self.day_of(bucket.t1_s)
+        day = self._days.setdefault(day_number, DayTotal(day_number))
         for table, target in ((bucket.volume_ul, day.volume_ul), (bucket.dose_ug, day.dose_ug)):
             for source, amount in table.items():
                 target[source] = target.get(source, 0.0) + amount
@@ -152,7 +153,8 @@ class DoseLedger:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _day_of(self, t_s: float) -> int:
+    def day_of(self, t_s: float) -> int:
+        """The local day (days since the epoch in the ledger's local time) of ``t_s``."""
         return math.floor((t_s + self.utc_offset_s) / SECONDS_PER_DAY)
 
     def _expire(self, t_s: float) -> None:
@@ -176,13 +178,6 @@ class DoseLedger:
             for source, amount in table.items():
                 parts[source].append(amount)
         return {source: math.fsum(values) for source, values in parts.items()}
-
-    def dose_expiring_by(self, t_s: float, horizon_s: float) -> float:
-        """Dose in today's window that will have left it by ``t_s + horizon_s``."""
-        self._expire(t_s)
-        return math.fsum(
-            b.total_dose_ug for b in self._window if b.t1_s + WINDOW_S <= t_s + horizon_s
-        )
 
     def time_until_window_at_most(self, t_s: float, dose_ug: float) -> float:
         """Seconds until the 24 h sum (without new delivery) falls to ``dose_ug`` or below."""

@@ -33,7 +33,14 @@ from typing import Final
 
 import yaml
 
-from pump_rig.core.strict_yaml import DuplicateKeyError, load_strict_yaml
+from pump_rig.core.strict_yaml import (
+    DEFAULT_SOURCE,
+    DuplicateKeyError,
+    FieldError,
+    kind_of,
+    load_strict_yaml,
+    show_value,
+)
 
 __all__ = [
     "DOSE_UNITS",
@@ -53,7 +60,6 @@ DOSE_UNITS: Final[tuple[str, ...]] = ("ug",)
 MAX_LIBRARY_TEXT_CHARS: Final = 256 * 1024
 MAX_SOURCE_CHARS: Final = 400
 
-_DEFAULT_SOURCE: Final = "<text>"
 _DRUG_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
 _PLAIN_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,60}\Z")
 
@@ -69,7 +75,7 @@ _RANGE_FIELDS: Final = ("min", "max")
 _INCREASE_FIELDS: Final = ("percent", "ug")
 
 
-class DrugLibraryError(ValueError):
+class DrugLibraryError(FieldError):
     """The drug library (or a lookup in it) was rejected.
 
     ``field`` is the dotted path of the culprit ("" = the whole text), ``source`` the file.
@@ -77,24 +83,6 @@ class DrugLibraryError(ValueError):
     number > 0 (got -1)"``; the source is left out when it is the default ``"<text>"`` and the
     field when it is empty.
     """
-
-    def __init__(self, field: str, message: str, *, source: str = _DEFAULT_SOURCE) -> None:
-        self.field = field
-        self.message = message
-        self.source = source
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        parts = []
-        if self.source != _DEFAULT_SOURCE:
-            parts.append(self.source)
-        if self.field:
-            parts.append(self.field)
-        parts.append(self.message)
-        return ": ".join(parts)
-
-    def __str__(self) -> str:
-        return self._text()
 
 
 # --- value types ------------------------------------------------------------------------------
@@ -118,10 +106,11 @@ class TitrationLimit:
         if self.percent is not None:
             if not (_is_number(self.percent) and 0 < self.percent <= 100):
                 raise DrugLibraryError(
-                    "percent", f"must be a finite number in (0, 100] (got {_show(self.percent)})"
+                    "percent",
+                    f"must be a finite number in (0, 100] (got {show_value(self.percent)})",
                 )
         elif not (_is_number(self.ug) and self.ug is not None and self.ug > 0):
-            raise DrugLibraryError("ug", f"must be a finite number > 0 (got {_show(self.ug)})")
+            raise DrugLibraryError("ug", f"must be a finite number > 0 (got {show_value(self.ug)})")
 
     def max_increase_ug(self, current_daily_dose_ug: float) -> float:
         """Largest allowed rise (µg/day) above ``current_daily_dose_ug`` in one change.
@@ -132,7 +121,7 @@ class TitrationLimit:
         current = current_daily_dose_ug
         if not (_is_number(current) and current >= 0):
             raise ValueError(
-                f"current_daily_dose_ug must be a finite number >= 0 (got {_show(current)})"
+                f"current_daily_dose_ug must be a finite number >= 0 (got {show_value(current)})"
             )
         if self.percent is not None:
             return current * self.percent / 100.0
@@ -163,7 +152,7 @@ class Drug:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and _DRUG_NAME_RE.match(self.name)):
-            raise DrugLibraryError("name", f"not a valid drug name (got {_show(self.name)})")
+            raise DrugLibraryError("name", f"not a valid drug name (got {show_value(self.name)})")
         if self.dose_unit not in DOSE_UNITS:
             raise DrugLibraryError(f"{self.name}.dose_unit", _unit_message(self.dose_unit))
         for attr in (
@@ -174,22 +163,22 @@ class Drug:
             value = getattr(self, attr)
             if not (_is_number(value) and value > 0):
                 raise DrugLibraryError(
-                    f"{self.name}.{attr}", f"must be a finite number > 0 (got {_show(value)})"
+                    f"{self.name}.{attr}", f"must be a finite number > 0 (got {show_value(value)})"
                 )
         if self.min_concentration_ug_per_ml > self.max_concentration_ug_per_ml:
             raise DrugLibraryError(
                 f"{self.name}.min_concentration_ug_per_ml",
                 f"must be <= max_concentration_ug_per_ml "
-                f"({_show(self.max_concentration_ug_per_ml)}) "
-                f"(got {_show(self.min_concentration_ug_per_ml)})",
+                f"({show_value(self.max_concentration_ug_per_ml)}) "
+                f"(got {show_value(self.min_concentration_ug_per_ml)})",
             )
         if not isinstance(self.titration, TitrationLimit):
             raise DrugLibraryError(f"{self.name}.titration", "must be a TitrationLimit")
         if self.titration.ug is not None and self.titration.ug > self.max_daily_dose_ug:
             raise DrugLibraryError(
                 f"{self.name}.titration",
-                f"a step of {_show(self.titration.ug)} µg/day is above max_daily_dose_ug "
-                f"({_show(self.max_daily_dose_ug)})",
+                f"a step of {show_value(self.titration.ug)} µg/day is above max_daily_dose_ug "
+                f"({show_value(self.max_daily_dose_ug)})",
             )
         if not (isinstance(self.source, str) and self.source.strip()):
             raise DrugLibraryError(f"{self.name}.source", "must not be empty")
@@ -199,7 +188,7 @@ class Drug:
         c = concentration_ug_per_ml
         limits = f"{self.min_concentration_ug_per_ml:g}–{self.max_concentration_ug_per_ml:g} µg/mL"
         if not _is_number(c):
-            return f"{self.name} concentration must be a finite number (got {_show(c)})"
+            return f"{self.name} concentration must be a finite number (got {show_value(c)})"
         if self.min_concentration_ug_per_ml <= c <= self.max_concentration_ug_per_ml:
             return None
         return f"{self.name} concentration {c:g} µg/mL is outside the library range {limits}"
@@ -210,7 +199,7 @@ class DrugLibrary:
     """The validated library: drugs by (lower-case) name, and the file it came from."""
 
     drugs: Mapping[str, Drug]
-    source: str = _DEFAULT_SOURCE
+    source: str = DEFAULT_SOURCE
 
     def __post_init__(self) -> None:
         # A read-only copy: neither the caller's dict nor a reader can change the library.
@@ -244,13 +233,13 @@ class DrugLibrary:
         if isinstance(key, str):
             close = difflib.get_close_matches(key, self.names(), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-        raise DrugLibraryError("drug", f"unknown drug {_show(key)} ({hint}known: {known})")
+        raise DrugLibraryError("drug", f"unknown drug {show_value(key)} ({hint}known: {known})")
 
 
 # --- loading ----------------------------------------------------------------------------------
 
 
-def parse_drug_library(text: str, *, source: str = _DEFAULT_SOURCE) -> DrugLibrary:
+def parse_drug_library(text: str, *, source: str = DEFAULT_SOURCE) -> DrugLibrary:
     """Parse and validate library text; raise :class:`DrugLibraryError` on anything wrong."""
     return _Parser(source).parse(text)
 
@@ -301,7 +290,7 @@ class _Parser:
 
     def parse(self, text: str) -> DrugLibrary:
         if not isinstance(text, str):
-            raise self._error("", f"drug library must be text (got {_kind(text)})")
+            raise self._error("", f"drug library must be text (got {kind_of(text)})")
         if len(text) > MAX_LIBRARY_TEXT_CHARS:
             raise self._error(
                 "", f"text too long ({len(text)} chars, max {MAX_LIBRARY_TEXT_CHARS})"
@@ -313,12 +302,14 @@ class _Parser:
         if "version" in top:
             self._version(top["version"])
         if "note" in top and not isinstance(top["note"], str):
-            raise self._error("note", f"must be text (got {_kind(top['note'])})")
+            raise self._error("note", f"must be text (got {kind_of(top['note'])})")
         if "drugs" not in top:
             raise self._error("drugs", "required field missing")
         drugs_raw = top["drugs"]
         if not isinstance(drugs_raw, Mapping):
-            raise self._error("drugs", f"must be a mapping of drug names (got {_kind(drugs_raw)})")
+            raise self._error(
+                "drugs", f"must be a mapping of drug names (got {kind_of(drugs_raw)})"
+            )
         if not drugs_raw:
             raise self._error("drugs", "must list at least one drug")
         drugs: dict[str, Drug] = {}
@@ -345,12 +336,12 @@ class _Parser:
     def _mapping(self, value: object, path: str, known: tuple[str, ...]) -> dict[str, object]:
         if not isinstance(value, Mapping):
             what = "must be" if path else "drug library must be"
-            raise self._error(path, f"{what} a mapping of fields (got {_kind(value)})")
+            raise self._error(path, f"{what} a mapping of fields (got {kind_of(value)})")
         out: dict[str, object] = {}
         for key, item in value.items():
             field = f"{path}.{_key_text(key)}" if path else _key_text(key)
             if not isinstance(key, str):
-                raise self._error(field, f"field names must be text (got {_kind(key)})")
+                raise self._error(field, f"field names must be text (got {kind_of(key)})")
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
@@ -360,17 +351,19 @@ class _Parser:
 
     def _version(self, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._error("version", f"must be an integer (got {_kind(value)} {_show(value)})")
+            raise self._error(
+                "version", f"must be an integer (got {kind_of(value)} {show_value(value)})"
+            )
         if value != LIBRARY_VERSION:
             raise self._error(
                 "version",
-                f"unsupported version {_show(value)} (this loader reads {LIBRARY_VERSION})",
+                f"unsupported version {show_value(value)} (this loader reads {LIBRARY_VERSION})",
             )
 
     def _drug_name(self, key: object) -> str:
         if not isinstance(key, str):
             raise self._error(
-                f"drugs.{_key_text(key)}", f"drug names must be text (got {_kind(key)})"
+                f"drugs.{_key_text(key)}", f"drug names must be text (got {kind_of(key)})"
             )
         if not _DRUG_NAME_RE.match(key):
             raise self._error(
@@ -398,7 +391,7 @@ class _Parser:
         unit = fields["dose_unit"]
         if not isinstance(unit, str):
             raise self._error(
-                f"{name}.dose_unit", f"must be text (got {_kind(unit)} {_show(unit)})"
+                f"{name}.dose_unit", f"must be text (got {kind_of(unit)} {show_value(unit)})"
             )
         if unit not in DOSE_UNITS:
             raise self._error(f"{name}.dose_unit", _unit_message(unit))
@@ -408,7 +401,7 @@ class _Parser:
         if c_min > c_max:
             raise self._error(
                 f"{name}.concentration_ug_per_ml.min",
-                f"must be <= max ({_show(c_max)}) (got {_show(c_min)})",
+                f"must be <= max ({show_value(c_max)}) (got {show_value(c_min)})",
             )
         max_daily = self._positive(fields["max_daily_dose_ug"], f"{name}.max_daily_dose_ug")
         titration = self._titration(name, increase, max_daily)
@@ -443,14 +436,14 @@ class _Parser:
             if not 0 < percent <= 100:
                 raise self._error(
                     f"{path}.percent",
-                    f"must be a finite number in (0, 100] (got {_show(increase['percent'])})",
+                    f"must be a finite number in (0, 100] (got {show_value(increase['percent'])})",
                 )
             return TitrationLimit(percent=percent, ug=None)
         ug = self._positive(increase["ug"], f"{path}.ug")
         if ug > max_daily:
             raise self._error(
                 f"{path}.ug",
-                f"must be <= max_daily_dose_ug ({_show(max_daily)}) (got {_show(ug)})",
+                f"must be <= max_daily_dose_ug ({show_value(max_daily)}) (got {show_value(ug)})",
             )
         return TitrationLimit(percent=None, ug=ug)
 
@@ -458,27 +451,28 @@ class _Parser:
         # bool is an int subclass in Python; "true" is never a dose.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._error(
-                field, f"must be a finite number {wanted} (got {_kind(value)} {_show(value)})"
+                field,
+                f"must be a finite number {wanted} (got {kind_of(value)} {show_value(value)})",
             )
         try:
             number = float(value)
         except OverflowError:
             raise self._error(
-                field, f"must be a finite number {wanted} (got {_show(value)})"
+                field, f"must be a finite number {wanted} (got {show_value(value)})"
             ) from None
         if not math.isfinite(number):
-            raise self._error(field, f"must be a finite number {wanted} (got {_show(number)})")
+            raise self._error(field, f"must be a finite number {wanted} (got {show_value(number)})")
         return number
 
     def _positive(self, value: object, field: str) -> float:
         number = self._number(value, field, "> 0")
         if number <= 0:
-            raise self._error(field, f"must be a finite number > 0 (got {_show(value)})")
+            raise self._error(field, f"must be a finite number > 0 (got {show_value(value)})")
         return number
 
     def _source_text(self, value: object, field: str) -> str:
         if not isinstance(value, str):
-            raise self._error(field, f"must be text (got {_kind(value)} {_show(value)})")
+            raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
         text = value.strip()
         if not text:
             raise self._error(field, "must not be empty")
@@ -507,34 +501,12 @@ def _key_text(key: object) -> str:
     """A mapping key as it appears in a field path: plain names as they are, others quoted."""
     if isinstance(key, str) and _PLAIN_KEY_RE.match(key):
         return key
-    return _show(key)
+    return show_value(key)
 
 
 def _unit_message(unit: object) -> str:
     supported = ", ".join(repr(u) for u in DOSE_UNITS)
-    return f"unsupported dose unit {_show(unit)} (supported: {supported}; doses are in micrograms)"
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    names = {bool: "bool", int: "integer", float: "number", str: "text", list: "list"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: object) -> str:
-    """Render a value for a message: -5.0 as "-5", text quoted, long things cut short."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value)) if abs(value) < 1e16 else repr(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        try:
-            digits = str(value)
-        except ValueError:  # beyond Python's int-to-text limit
-            return f"<integer of {value.bit_length()} bits>"
-        return digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return (
+        f"unsupported dose unit {show_value(unit)} "
+        f"(supported: {supported}; doses are in micrograms)"
+    )

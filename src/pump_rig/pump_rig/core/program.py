@@ -56,7 +56,15 @@ from pump_rig.core.drug_library import (
     load_drug_library,
 )
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR
-from pump_rig.core.strict_yaml import DuplicateKeyError, StrictLoader, load_strict_yaml
+from pump_rig.core.strict_yaml import (
+    DEFAULT_SOURCE,
+    DuplicateKeyError,
+    FieldError,
+    StrictLoader,
+    kind_of,
+    load_strict_yaml,
+    show_value,
+)
 
 __all__ = [
     "DEFAULT_MAX_RATE_UL_PER_H",
@@ -84,7 +92,6 @@ MAX_PROGRAM_TEXT_CHARS: Final = 64 * 1024
 MAX_NAME_CHARS: Final = 80
 MAX_BOLUSES_PER_24H: Final = 48
 
-_DEFAULT_SOURCE: Final = "<text>"
 _HOURS_PER_DAY: Final = SECONDS_PER_DAY / SECONDS_PER_HOUR
 _UL_PER_ML: Final = 1000.0
 _TIME_RE: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?$")
@@ -117,30 +124,12 @@ class RateBasis(enum.StrEnum):
     DOSE_RATE = "dose_rate_ug_per_h"
 
 
-class ProgramError(ValueError):
+class ProgramError(FieldError):
     """A program was rejected. ``field`` is the dotted path of the culprit ("" = whole text).
 
     ``str(e)`` reads ``"reservoir.volume_ul: must be > 0 (got -5)"``, prefixed with the
     source (``"config/programs/x.yaml: ..."``) when one other than the default was given.
     """
-
-    def __init__(self, field: str, message: str, *, source: str = _DEFAULT_SOURCE) -> None:
-        self.field = field
-        self.message = message
-        self.source = source
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        parts = []
-        if self.source != _DEFAULT_SOURCE:
-            parts.append(self.source)
-        if self.field:
-            parts.append(self.field)
-        parts.append(self.message)
-        return ": ".join(parts)
-
-    def __str__(self) -> str:
-        return self._text()
 
 
 def daily_dose_to_rate_ul_per_h(daily_dose_ug: float, concentration_ug_per_ml: float) -> float:
@@ -364,7 +353,7 @@ _BOLUS_FIELDS: Final = ("dose_ug", "duration_min", "lockout_min", "max_per_24h")
 def parse_program(
     text: str,
     *,
-    source: str = _DEFAULT_SOURCE,
+    source: str = DEFAULT_SOURCE,
     max_rate_ul_per_h: float = DEFAULT_MAX_RATE_UL_PER_H,
     library: DrugLibrary | None = None,
 ) -> TherapyProgram:
@@ -457,7 +446,9 @@ class _Parser:
         if "utc_offset_h" in top:
             offset_h = self._number(top["utc_offset_h"], "utc_offset_h")
             if abs(offset_h) > 14.0:
-                raise self._error("utc_offset_h", f"must be within ±14 h (got {_show(offset_h)})")
+                raise self._error(
+                    "utc_offset_h", f"must be within ±14 h (got {show_value(offset_h)})"
+                )
             offset_s = offset_h * SECONDS_PER_HOUR
 
         written: list[tuple[str, float]] = []
@@ -481,8 +472,8 @@ class _Parser:
             if max_daily > drug.max_daily_dose_ug:
                 raise self._error(
                     "max_daily_dose_ug",
-                    f"{_show(max_daily)} µg is above {drug.name}'s maximum daily dose of "
-                    f"{_show(drug.max_daily_dose_ug)} µg",
+                    f"{show_value(max_daily)} µg is above {drug.name}'s maximum daily dose of "
+                    f"{show_value(drug.max_daily_dose_ug)} µg",
                 )
         limit = drug.max_daily_dose_ug if max_daily is None else max_daily
         basal_field = "schedule" if mode is ProgramMode.FLEX else basis.value
@@ -490,7 +481,7 @@ class _Parser:
             raise self._error(
                 basal_field,
                 f"basal dose of {schedule.max_daily_dose_ug:.6g} µg/day is above the daily "
-                f"maximum of {_show(limit)} µg",
+                f"maximum of {show_value(limit)} µg",
             )
 
         bolus = None
@@ -501,8 +492,8 @@ class _Parser:
                 raise self._error(
                     "patient_bolus.max_per_24h",
                     f"basal {schedule.max_daily_dose_ug:.6g} µg/day plus {bolus.max_per_24h} "
-                    f"boluses of {_show(bolus.dose_ug)} µg is {planned:.6g} µg, above the daily "
-                    f"maximum of {_show(limit)} µg",
+                    f"boluses of {show_value(bolus.dose_ug)} µg is {planned:.6g} µg, "
+                    f"above the daily maximum of {show_value(limit)} µg",
                 )
 
         capacity = self._positive(reservoir["capacity_ul"], "reservoir.capacity_ul")
@@ -514,12 +505,13 @@ class _Parser:
         if volume > capacity:
             raise self._error(
                 "reservoir.volume_ul",
-                f"must be <= reservoir.capacity_ul ({_show(capacity)}) (got {_show(volume)})",
+                f"must be <= reservoir.capacity_ul ({show_value(capacity)}) "
+                f"(got {show_value(volume)})",
             )
         if low >= capacity:
             raise self._error(
                 "reservoir.low_alarm_ul",
-                f"must be < reservoir.capacity_ul ({_show(capacity)}) (got {_show(low)})",
+                f"must be < reservoir.capacity_ul ({show_value(capacity)}) (got {show_value(low)})",
             )
 
         return TherapyProgram(
@@ -574,7 +566,7 @@ class _Parser:
 
     def _schedule(self, value: object, concentration: float, offset_s: float) -> DoseSchedule:
         if not isinstance(value, list) or not value:
-            raise self._error("schedule", f"must be a list of day groups (got {_kind(value)})")
+            raise self._error("schedule", f"must be a list of day groups (got {kind_of(value)})")
         week: list[tuple[FlexStep, ...] | None] = [None] * 7
         for g, raw in enumerate(value):
             path = f"schedule[{g}]"
@@ -598,13 +590,15 @@ class _Parser:
         if value == "all":
             return list(range(7))
         if not isinstance(value, list) or not value:
-            raise self._error(path, f"must be 'all' or a list of weekdays (got {_show(value)})")
+            raise self._error(
+                path, f"must be 'all' or a list of weekdays (got {show_value(value)})"
+            )
         days: list[int] = []
         for item in value:
             name = item.lower()[:3] if isinstance(item, str) else None
             if name not in WEEKDAYS:
                 raise self._error(
-                    path, f"unknown weekday {_show(item)} (use {', '.join(WEEKDAYS)})"
+                    path, f"unknown weekday {show_value(item)} (use {', '.join(WEEKDAYS)})"
                 )
             index = WEEKDAYS.index(name)
             if index in days:
@@ -614,7 +608,7 @@ class _Parser:
 
     def _steps(self, value: object, path: str, concentration: float) -> tuple[FlexStep, ...]:
         if not isinstance(value, list) or not value:
-            raise self._error(path, f"must be a list of steps (got {_kind(value)})")
+            raise self._error(path, f"must be a list of steps (got {kind_of(value)})")
         if len(value) > MAX_STEPS_PER_DAY:
             raise self._error(path, f"{len(value)} steps; at most {MAX_STEPS_PER_DAY} per day")
         steps: list[FlexStep] = []
@@ -650,7 +644,7 @@ class _Parser:
     def _time_of_day(self, value: object, path: str) -> float:
         if not isinstance(value, str):
             # YAML 1.1 reads an unquoted 07:30 as sexagesimal 450: ask for quotes.
-            raise self._error(path, f'must be a quoted time "HH:MM" (got {_show(value)})')
+            raise self._error(path, f'must be a quoted time "HH:MM" (got {show_value(value)})')
         match = _TIME_RE.match(value.strip())
         if match is None:
             raise self._error(path, f"must be a time of day HH:MM[:SS] (got {value!r})")
@@ -669,12 +663,12 @@ class _Parser:
         count_raw = doc["max_per_24h"]
         if isinstance(count_raw, bool) or not isinstance(count_raw, int):
             raise self._error(
-                "patient_bolus.max_per_24h", f"must be a whole number (got {_show(count_raw)})"
+                "patient_bolus.max_per_24h", f"must be a whole number (got {show_value(count_raw)})"
             )
         if not 1 <= count_raw <= MAX_BOLUSES_PER_24H:
             raise self._error(
                 "patient_bolus.max_per_24h",
-                f"must be 1 to {MAX_BOLUSES_PER_24H} (got {_show(count_raw)})",
+                f"must be 1 to {MAX_BOLUSES_PER_24H} (got {show_value(count_raw)})",
             )
         if duration_s > lockout_s:
             raise self._error(
@@ -709,12 +703,12 @@ class _Parser:
     def _mapping(self, value: object, path: str, known: tuple[str, ...]) -> dict[str, object]:
         if not isinstance(value, Mapping):
             what = "must be" if path else "program must be"
-            raise self._error(path, f"{what} a mapping of fields (got {_kind(value)})")
+            raise self._error(path, f"{what} a mapping of fields (got {kind_of(value)})")
         out: dict[str, object] = {}
         for key, item in value.items():
             field = f"{path}.{key}" if path else str(key)
             if not isinstance(key, str):
-                raise self._error(field, f"field names must be text (got {_kind(key)})")
+                raise self._error(field, f"field names must be text (got {kind_of(key)})")
             if key not in known:
                 raise self._error(field, _unknown_field_hint(key, known))
             out[key] = item
@@ -722,7 +716,7 @@ class _Parser:
 
     def _text_field(self, value: object, field: str) -> str:
         if not isinstance(value, str):
-            raise self._error(field, f"must be text (got {_kind(value)} {_show(value)})")
+            raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
         text = value.strip()
         if not text:
             raise self._error(field, "must not be empty")
@@ -751,19 +745,19 @@ class _Parser:
     def _number(self, value: object, field: str) -> float:
         # bool is an int subclass in Python; "true" is never a volume.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._error(field, f"must be a number (got {_kind(value)} {_show(value)})")
+            raise self._error(field, f"must be a number (got {kind_of(value)} {show_value(value)})")
         try:
             number = float(value)
         except OverflowError:
-            raise self._error(field, f"must be a finite number (got {_show(value)})") from None
+            raise self._error(field, f"must be a finite number (got {show_value(value)})") from None
         if not math.isfinite(number):
-            raise self._error(field, f"must be a finite number (got {_show(number)})")
+            raise self._error(field, f"must be a finite number (got {show_value(number)})")
         return number
 
     def _positive(self, value: object, field: str) -> float:
         number = self._number(value, field)
         if number <= 0:
-            raise self._error(field, f"must be > 0 (got {_show(value)})")
+            raise self._error(field, f"must be > 0 (got {show_value(value)})")
         return number
 
 
@@ -776,25 +770,3 @@ def _unknown_field_hint(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
     return f"unknown field ({hint})"
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    names = {bool: "bool", int: "integer", float: "number", str: "text", list: "list"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: object) -> str:
-    """Render a value for a message: -5.0 as "-5", text quoted, long things cut short."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value)) if abs(value) < 1e16 else repr(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        digits = str(value)
-        return digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -17,13 +17,26 @@ error type.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Hashable
 from typing import Any, Final
 
 import yaml
 
-__all__ = ["DuplicateKeyError", "StrictLoader", "YamlNestingError", "load_strict_yaml"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "DuplicateKeyError",
+    "FieldError",
+    "StrictLoader",
+    "YamlNestingError",
+    "kind_of",
+    "load_strict_yaml",
+    "show_value",
+]
+
+# The source name of text that came from no file; left out of messages.
+DEFAULT_SOURCE: Final = "<text>"
 
 _EXP_FLOAT_RE: Final = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 _EXP_FLOAT_FIRST: Final = list("-+.0123456789")
@@ -90,3 +103,54 @@ def load_strict_yaml(text: str) -> object:
         raise
     except Exception as exc:  # a constructor failing outside construct_object: still bad text
         raise yaml.YAMLError(f"cannot read the YAML ({type(exc).__name__}: {exc})") from exc
+
+
+class FieldError(ValueError):
+    """A hand-written file was rejected. ``field`` is the dotted path of the culprit ("" = the
+    whole text), ``source`` the file. ``str(e)`` reads ``"config/x.yaml: a.b: must be > 0
+    (got -5)"``; the source is left out when it is :data:`DEFAULT_SOURCE`, the field when empty.
+    """
+
+    def __init__(self, field: str, message: str, *, source: str = DEFAULT_SOURCE) -> None:
+        self.field = field
+        self.message = message
+        self.source = source
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        parts = []
+        if self.source != DEFAULT_SOURCE:
+            parts.append(self.source)
+        if self.field:
+            parts.append(self.field)
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        return self._text()
+
+
+def kind_of(value: object) -> str:
+    """What a YAML value is, in words, for messages."""
+    if value is None:
+        return "nothing"
+    names = {bool: "bool", int: "integer", float: "number", str: "text", list: "list"}
+    return names.get(type(value), type(value).__name__)
+
+
+def show_value(value: object) -> str:
+    """Render a value for a message: -5.0 as "-5", text quoted, long things cut short."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e16 else repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        try:
+            digits = str(value)
+        except ValueError:  # beyond Python's int-to-text limit
+            return f"<integer of {value.bit_length()} bits>"
+        return digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

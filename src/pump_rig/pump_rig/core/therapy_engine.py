@@ -803,14 +803,14 @@ class TherapyEngine:
             self._record("bridge_done")
         self._check_under_delivery(t_s)
         limit = self.daily_limit_ug()
-        if limit > 0 and self._ledger.dose_24h_ug(t_s) > limit * (1.0 + 1e-6):
+        dose_24h = self._ledger.dose_24h_ug(t_s) if limit > 0 else 0.0
+        if dose_24h > limit * (1.0 + 1e-6):
             self._latch(f"{DOSE_LIMIT}: the device delivered past the daily maximum")
             self._set_core_alarm(
                 DOSE_LIMIT,
                 AlarmSeverity.CRITICAL,
                 True,
-                f"24 h dose {self._ledger.dose_24h_ug(t_s):.6g} µg is above the daily maximum "
-                f"of {limit:g} µg: stopped",
+                f"24 h dose {dose_24h:.6g} µg is above the daily maximum of {limit:g} µg: stopped",
             )
         self._update_reservoir_alarms()
 
@@ -916,7 +916,7 @@ class TherapyEngine:
     def _start_bolus(self, t_s: float, bolus: _Bolus) -> None:
         self._flush_bucket()
         self._bolus = bolus
-        day = self._ledger_day(t_s)
+        day = self._ledger.day_of(t_s)
         self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + bolus.dose_ug
         self._record("bolus", bolus=bolus.to_record())
 
@@ -954,7 +954,7 @@ class TherapyEngine:
             schedule = self._program.schedule
             t = self._t
             while t < t_s:  # split at local midnight for the per-day figures
-                day = self._ledger_day(t)
+                day = self._ledger.day_of(t)
                 end = min(t_s, (day + 1) * SECONDS_PER_DAY - schedule.utc_offset_s)
                 dose = schedule.dose_ug(t, end)
                 self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + dose
@@ -962,10 +962,6 @@ class TherapyEngine:
                     self._prescribed_ul += dose / self._res_conc * _UL_PER_ML
                 t = end
         self._t = max(self._t, t_s)
-
-    def _ledger_day(self, t_s: float) -> int:
-        offset = self._program.schedule.utc_offset_s if self._program else 0.0
-        return math.floor((t_s + offset) / SECONDS_PER_DAY)
 
     def _next_change(self, t_s: float) -> float | None:
         if self.state is not TherapyState.RUNNING or self._program is None:
