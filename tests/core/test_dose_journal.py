@@ -441,13 +441,6 @@ def test_engine_on_an_untrusted_journal_refuses_all_dosing(
     assert sidecar(path).read_bytes() == sidecar_bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="engine bug: TherapyEngine.open turns only KeyError/TypeError/ValueError/... from "
-    "the replay into JOURNAL_FAULT; a checksummed record with a malformed state (here "
-    "'dev': []) raises IndexError out of open() instead of giving a faulted engine",
-)
 def test_engine_on_a_malformed_state_record_refuses_dosing(tmp_path: Path) -> None:
     path = tmp_path / "dose.journal"
     healthy_engine_journal(path)

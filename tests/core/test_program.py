@@ -540,6 +540,11 @@ def test_round_trip_of_names_yaml_would_misread(name: str) -> None:
         (VALID.split("reservoir:")[0] + "reservoir: 5\n", "reservoir", ["mapping"]),
         (edit("mode: continuous", "mode: continuous\nutc_offset_h: 14.5"), "utc_offset_h", ["14"]),
         (edit("mode: continuous", "mode: continuous\nutc_offset_h: x"), "utc_offset_h", ["number"]),
+        (
+            edit("mode: continuous", "mode: continuous\nutc_offset_h: 0.551"),
+            "utc_offset_h",
+            ["whole number of minutes", "0.551"],
+        ),
         # non-positive and non-finite numbers
         (edit("volume_ul: 18000.0", "volume_ul: -5"), "reservoir.volume_ul", ["> 0", "-5"]),
         (edit("volume_ul: 18000.0", "volume_ul: 0"), "reservoir.volume_ul", ["> 0"]),
@@ -977,12 +982,6 @@ def test_lower_device_limit_argument() -> None:
             parse_program(VALID, max_rate_ul_per_h=bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="program.py bug: a rate_ul_per_h exactly at a device limit is converted to a dose "
-    "rate and back, and the rounding can put it a hair above the limit: rejected with "
-    "'gives 7.3 µL/h, above the device limit of 7.3 µL/h'",
-)
 def test_rate_exactly_at_a_lower_device_limit_is_allowed() -> None:
     text = edit("daily_dose_ug: 240.0", "rate_ul_per_h: 7.3").replace("500.0", "1234.5")
     assert parse_program(text, max_rate_ul_per_h=7.3).basal_rate_ul_per_h == pytest.approx(7.3)

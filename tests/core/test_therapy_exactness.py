@@ -125,11 +125,6 @@ def test_a_month_of_flex_schedule_delivers_the_analytic_dose() -> None:
     assert math.fsum(by_day.values()) == pytest.approx(schedule.dose_ug(T0, end), rel=REL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: delivery reported exactly at local midnight (all of it made before "
-    "midnight) is filed under the NEXT local day in the ledger's day totals",
-)
 def test_delivered_day_totals_match_the_schedule_with_reports_at_midnight() -> None:
     program = flex_program()
     schedule = program.schedule

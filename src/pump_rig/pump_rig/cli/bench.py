@@ -144,10 +144,14 @@ def run_therapy_bench(args: argparse.Namespace) -> None:
         client = RigClient(args.namespace)
         t0 = BENCH_START_S
         pending = scenario(days)
+        shown_day = -1
         while (now := stack.sim_now_s()) - t0 < days * SECONDS_PER_DAY:
             while pending and now - t0 >= pending[0].at_s:
                 action = pending.pop(0)
                 log.append(f"  day {(now - t0) / SECONDS_PER_DAY:6.3f}: {action.call(client)}")
+            if (day := int((now - t0) // SECONDS_PER_DAY)) != shown_day:
+                shown_day = day
+                print(f"  day {day + 1}/{math.ceil(days)} at {time.monotonic() - wall0:.1f} s")
             time.sleep(0.002)
         controller = stack.node("dosing_controller")
         engine = controller.engine

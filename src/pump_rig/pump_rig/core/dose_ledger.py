@@ -1,10 +1,12 @@
 """The dose ledger: delivered volume and patient dose, by source, over time.
 
-Delivery arrives in small increments (each device report) and is gathered into buckets; a
-bucket is closed (and journaled) when it has spanned ``bucket_s`` or when anything about the
-therapy changes. The rolling 24 h sum counts a bucket until 24 h after its END, so the window
-never under-counts (a dose is never treated as older than it is). The same buckets make the
-per-day totals, so a ledger rebuilt from the journal equals the one that wrote it.
+Delivery arrives in small increments (each device report covers the time since the one
+before) and is gathered into buckets; a bucket is closed (and journaled) when it has spanned
+``bucket_s``, at local midnight, or when anything about the therapy changes. The engine splits
+an increment that spans a local midnight, so each bucket belongs to one local day. The rolling
+24 h sum counts a bucket until 24 h after its END, so the window never under-counts (a dose is
+never treated as older than it is). The same buckets make the per-day totals, so a ledger
+rebuilt from the journal equals the one that wrote it.
 """
 
 from __future__ import annotations
@@ -117,11 +119,17 @@ class DoseLedger:
         self._open = (t0, max(t_s, _t1), vol, dose)
 
     def bucket_due(self, t_s: float) -> bool:
-        """The open bucket has spanned ``bucket_s`` or would cross local midnight."""
+        """The open bucket has spanned ``bucket_s`` or ``t_s`` is on another local day."""
         if self._open is None:
             return False
-        t0 = self._open[0]
-        return t_s - t0 >= self.bucket_s or self.day_of(t0) != self.day_of(t_s)
+        return t_s - self._open[0] >= self.bucket_s or self.day_changes(t_s)
+
+    def day_changes(self, t_s: float) -> bool:
+        """Delivery reported at ``t_s`` belongs to another local day than the open bucket
+        (close it before adding that delivery)."""
+        if self._open is None:
+            return False
+        return self.day_ending_at(self._open[0]) != self.day_ending_at(t_s)
 
     def close_bucket(self) -> DeliveryBucket | None:
         """Close the open bucket; return it (to be journaled), or None if nothing is open."""
@@ -136,7 +144,7 @@ class DoseLedger:
     def apply(self, bucket: DeliveryBucket) -> None:
         """Account a closed bucket (also how the journal is replayed)."""
         self._window.append(bucket)
-        day_number = self.day_of(bucket.t1_s)
+        day_number = self.day_ending_at(bucket.t1_s)
         day = self._days.setdefault(day_number, DayTotal(day_number))
         for table, target in ((bucket.volume_ul, day.volume_ul), (bucket.dose_ug, day.dose_ug)):
             for source, amount in table.items():
@@ -156,6 +164,15 @@ class DoseLedger:
     def day_of(self, t_s: float) -> int:
         """The local day (days since the epoch in the ledger's local time) of ``t_s``."""
         return math.floor((t_s + self.utc_offset_s) / SECONDS_PER_DAY)
+
+    def day_ending_at(self, t_s: float) -> int:
+        """The local day of delivery reported at ``t_s``: a report covers the time up to it,
+        so one made exactly at midnight belongs to the day that ends there."""
+        return math.ceil((t_s + self.utc_offset_s) / SECONDS_PER_DAY) - 1
+
+    def midnight_after(self, t_s: float) -> float:
+        """The first local midnight strictly after ``t_s``."""
+        return (self.day_of(t_s) + 1) * SECONDS_PER_DAY - self.utc_offset_s
 
     def _expire(self, t_s: float) -> None:
         while self._window and self._window[0].t1_s + WINDOW_S <= t_s:

@@ -99,11 +99,20 @@ class DoseSchedule:
         local = t_s + self.utc_offset_s
         day = math.floor(local / SECONDS_PER_DAY)
         day_start = day * SECONDS_PER_DAY - self.utc_offset_s
-        into = t_s - day_start
+        # t + offset can round across a local midnight: decide the day in ROS time, so the
+        # step found always ends after t (dose_ug relies on it to make progress).
+        if t_s >= day_start + SECONDS_PER_DAY:
+            day += 1
+            day_start = day * SECONDS_PER_DAY - self.utc_offset_s
+        elif t_s < day_start:
+            day -= 1
+            day_start = day * SECONDS_PER_DAY - self.utc_offset_s
         steps = self.week[(day + _EPOCH_WEEKDAY) % 7]
         index = 0
         for i, step in enumerate(steps):
-            if step.at_s <= into:
+            # Compared as _step_end computes ends (not t - day_start, which rounds
+            # differently): the step found ends after t.
+            if day_start + step.at_s <= t_s:
                 index = i
         return day, index, day_start
 

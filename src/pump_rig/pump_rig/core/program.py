@@ -94,6 +94,9 @@ MAX_BOLUSES_PER_24H: Final = 48
 
 _HOURS_PER_DAY: Final = SECONDS_PER_DAY / SECONDS_PER_HOUR
 _UL_PER_ML: Final = 1000.0
+# A value computed by unit conversions (dose ↔ volume) may land a few ulps above a limit it
+# was written to equal; limits are checked against limit × this.
+_LIMIT_SLACK: Final = 1.0 + 1e-12
 _TIME_RE: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?$")
 
 # Field-name endings in units the rig does not use, and the ending it wants instead.
@@ -300,7 +303,7 @@ def titration_problem(current: TherapyProgram | None, new: TherapyProgram, drug:
         return ""
     old, now = current.daily_dose_ug, new.daily_dose_ug
     allowed = drug.titration.max_increase_ug(old)
-    if now - old <= allowed * (1.0 + 1e-12):
+    if now - old <= allowed * _LIMIT_SLACK:
         return ""
     return (
         f"daily dose rises from {old:.6g} to {now:.6g} µg/day (+{now - old:.6g}); "
@@ -449,7 +452,16 @@ class _Parser:
                 raise self._error(
                     "utc_offset_h", f"must be within ±14 h (got {show_value(offset_h)})"
                 )
-            offset_s = offset_h * SECONDS_PER_HOUR
+            offset_min = offset_h * 60.0
+            # Time zones are whole minutes (in practice quarter hours); a fraction would put
+            # step times at odd seconds nobody meant.
+            if abs(offset_min - round(offset_min)) > 1e-6:
+                raise self._error(
+                    "utc_offset_h",
+                    f"must be a whole number of minutes, e.g. 5.75 for +05:45 "
+                    f"(got {show_value(offset_h)})",
+                )
+            offset_s = round(offset_min) * 60.0
 
         written: list[tuple[str, float]] = []
         if mode is ProgramMode.CONTINUOUS:
@@ -477,7 +489,7 @@ class _Parser:
                 )
         limit = drug.max_daily_dose_ug if max_daily is None else max_daily
         basal_field = "schedule" if mode is ProgramMode.FLEX else basis.value
-        if schedule.max_daily_dose_ug > limit * (1.0 + 1e-12):
+        if schedule.max_daily_dose_ug > limit * _LIMIT_SLACK:
             raise self._error(
                 basal_field,
                 f"basal dose of {schedule.max_daily_dose_ug:.6g} µg/day is above the daily "
@@ -488,7 +500,7 @@ class _Parser:
         if bolus_doc is not None:
             bolus = self._bolus(bolus_doc, concentration, schedule)
             planned = schedule.max_daily_dose_ug + bolus.dose_ug * bolus.max_per_24h
-            if planned > limit * (1.0 + 1e-12):
+            if planned > limit * _LIMIT_SLACK:
                 raise self._error(
                     "patient_bolus.max_per_24h",
                     f"basal {schedule.max_daily_dose_ug:.6g} µg/day plus {bolus.max_per_24h} "
@@ -557,7 +569,7 @@ class _Parser:
         rate = dose_rate_to_rate_ul_per_h(dose_rate, concentration)
         if not (math.isfinite(rate) and math.isfinite(dose_rate) and dose_rate > 0):
             raise self._error(field, "gives a rate or dose that is not a finite number > 0")
-        if rate > self._max_rate_ul_per_h:
+        if rate > self._max_rate_ul_per_h * _LIMIT_SLACK:
             raise self._error(
                 field,
                 f"gives {rate:.6g} µL/h, above the device limit of "
@@ -678,7 +690,7 @@ class _Parser:
         top_rate = bolus_rate + dose_rate_to_rate_ul_per_h(
             schedule.max_dose_rate_ug_per_h, concentration
         )
-        if top_rate > self._max_rate_ul_per_h:
+        if top_rate > self._max_rate_ul_per_h * _LIMIT_SLACK:
             raise self._error(
                 "patient_bolus.duration_min",
                 f"bolus at {bolus_rate:.6g} µL/h on top of the basal rate is {top_rate:.6g} µL/h, "

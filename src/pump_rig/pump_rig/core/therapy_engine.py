@@ -30,7 +30,6 @@ from pump_rig.core.dose_ledger import DeliveryBucket, DoseLedger, DoseSource
 from pump_rig.core.drug_library import Drug, DrugLibrary, DrugLibraryError
 from pump_rig.core.program import (
     DEFAULT_MAX_RATE_UL_PER_H,
-    ProgramError,
     TherapyProgram,
     parse_program,
     titration_problem,
@@ -259,6 +258,7 @@ class TherapyEngine:
         self._core_alarms: dict[str, AlarmEvent] = {}
         self._events: list[AlarmEvent] = []
         self._baseline: float | None = None
+        self._baseline_t = t_s  # when the device reported the baseline
         self._device_total = 0.0  # device-reported volume accounted, since the ledger began
         self._ledger = DoseLedger(bucket_s=self.config.bucket_s)
         self._grants: deque[float] = deque()
@@ -300,7 +300,9 @@ class TherapyEngine:
             engine = cls(t_s=t_s, library=library, config=config, journal=journal)
             try:
                 engine._restore(records)
-            except (KeyError, TypeError, ValueError, ProgramError, DrugLibraryError) as exc:
+            except Exception as exc:
+                # Checksummed records can still hold a state this version cannot rebuild (an
+                # older writer, a hand edit): whatever the replay trips on, refuse to dose.
                 journal.close()
                 engine = cls(t_s=t_s, library=library, config=config)
                 engine._enter_fault(f"dose journal {journal_path}: cannot replay ({exc})")
@@ -579,8 +581,8 @@ class TherapyEngine:
             )
             return
         self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
-        baseline = self._baseline
-        self._baseline = delivered_volume_ul
+        baseline, since = self._baseline, self._baseline_t
+        self._baseline, self._baseline_t = delivered_volume_ul, t_s
         if baseline is None:
             return
         delta = delivered_volume_ul - baseline
@@ -597,7 +599,12 @@ class TherapyEngine:
             )
             return
         if delta > 0.0:
-            self._deliver(t_s, delta, command_applied)
+            for t_end, part_ul in self._split_at_midnights(since, t_s, delta):
+                if self._ledger.day_changes(t_end):
+                    self._flush_bucket()
+                self._deliver(t_end, part_ul, command_applied)
+        # Also on an unchanged counter: a device that delivers nothing is the worst shortfall.
+        self._check_under_delivery(t_s)
         if self._ledger.bucket_due(t_s):
             self._flush_bucket()
 
@@ -765,6 +772,23 @@ class TherapyEngine:
         remaining = old.volume_limit_ul - (self._device_total - issued.applied_ul)
         return abs(remaining - desired.volume_limit_ul) <= max(1e-3, 0.01 * desired.volume_limit_ul)
 
+    def _split_at_midnights(
+        self, t0_s: float, t1_s: float, volume_ul: float
+    ) -> list[tuple[float, float]]:
+        """(end, volume) parts of a report's volume, one per local day it spans.
+
+        The device reports only totals, so the volume is shared in proportion to time: exact
+        at a constant rate, and the clock of an accelerated run stops at the midnights where
+        the rate changes."""
+        parts: list[tuple[float, float]] = []
+        t, left = t0_s, volume_ul
+        while t < t1_s and (midnight := self._ledger.midnight_after(t)) < t1_s:
+            part = volume_ul * (midnight - t) / (t1_s - t0_s)
+            parts.append((midnight, part))
+            t, left = midnight, left - part
+        parts.append((t1_s, left))
+        return parts
+
     def _deliver(self, t_s: float, volume_ul: float, command_applied: bool) -> None:
         line = self._line
         if line is None:
@@ -801,7 +825,6 @@ class TherapyEngine:
         if self._bridge and line.volume_until_concentration_ul(self._res_conc) <= 0.0:
             self._bridge = False
             self._record("bridge_done")
-        self._check_under_delivery(t_s)
         limit = self.daily_limit_ug()
         dose_24h = self._ledger.dose_24h_ug(t_s) if limit > 0 else 0.0
         if dose_24h > limit * (1.0 + 1e-6):
@@ -1080,7 +1103,7 @@ class TherapyEngine:
             "t": self._t,
             "res": [self._res_drug, self._res_conc, self._res_volume, self._filled],
             "line": self._line.to_state() if self._line else None,
-            "dev": [self._baseline, self._device_total],
+            "dev": [self._baseline, self._device_total, self._baseline_t],
             "run": [self._run, self._why, self._latched],
             "bolus": self._bolus.to_record() if self._bolus else None,
             "bridge": self._bridge,
@@ -1097,6 +1120,7 @@ class TherapyEngine:
             CatheterLine.from_state(self.config.line_dead_volume_ul, line) if line else None
         )
         self._baseline, self._device_total = s["dev"][0], float(s["dev"][1])
+        self._baseline_t = float(s["dev"][2])
         self._run, self._why, self._latched = bool(s["run"][0]), str(s["run"][1]), s["run"][2]
         self._bolus = _Bolus.from_record(s["bolus"]) if s["bolus"] else None
         self._bridge = bool(s["bridge"])
