@@ -282,3 +282,62 @@ def test_the_clock_lands_on_the_pumps_own_stop() -> None:
     assert snap.limit_reached
     assert snap.delivered_ul == pytest.approx(100.0, abs=session.bench.pump.ul_per_step)
     assert session.next_pump_event_s() is None
+
+
+# ---- holding slow until a reaction --------------------------------------------------------------
+
+
+def test_hold_slow_runs_at_event_speed_until_released() -> None:
+    wall = FakeMonotonic()
+    clock = slow_clock(wall)  # x1000, x8 when slow
+    wall.t += 0.5
+    assert clock.now_s() == pytest.approx(500.0)
+    clock.hold_slow(2.0)
+    assert clock.in_event_window()
+    wall.t += 0.25
+    assert clock.now_s() == pytest.approx(502.0)  # x8 from the hold
+    clock.release_slow()
+    assert not clock.in_event_window()
+    wall.t += 0.25
+    assert clock.now_s() == pytest.approx(752.0)  # full speed again
+
+
+def test_hold_slow_ends_by_itself_after_its_wall_time() -> None:
+    wall = FakeMonotonic()
+    clock = slow_clock(wall)
+    clock.hold_slow(0.5)
+    wall.t += 1.5  # 0.5 s at x8, then 1 s at x1000
+    assert clock.now_s() == pytest.approx(4.0 + 1_000.0)
+    assert not clock.in_event_window()
+
+
+def test_an_event_inside_a_hold_is_still_landed_on_exactly() -> None:
+    wall = FakeMonotonic()
+    clock = slow_clock(wall)
+    clock.hold_slow(10.0)
+    clock.slow_at(3.0)
+    wall.t += 1.0  # x8 would pass 3 s: the clock stops there
+    assert clock.now_s() == 3.0
+    wall.t += 0.5
+    assert clock.now_s() == pytest.approx(7.0)  # still slow: the hold and the event's window
+
+
+def test_a_hold_outlasting_an_event_window_keeps_the_clock_slow() -> None:
+    wall = FakeMonotonic()
+    clock = slow_clock(wall)
+    clock.slow_at(1.0)
+    wall.t += 0.01
+    assert clock.now_s() == 1.0  # the event: a 4 s window from here (0.5 s of wall at x8)
+    clock.hold_slow(2.0)
+    wall.t += 1.0  # past the window's end, within the hold
+    assert clock.now_s() == pytest.approx(1.0 + 8.0 * 1.0)
+    wall.t += 2.0  # 1 s more of hold, then 1 s at full speed
+    assert clock.now_s() == pytest.approx(9.0 + 8.0 + 1_000.0)
+
+
+def test_hold_slow_changes_nothing_when_events_would_not() -> None:
+    wall = FakeMonotonic()
+    clock = SimClock(4.0, 0.0, monotonic=wall, event_speed=8.0)
+    clock.hold_slow(1.0)
+    wall.t += 1.0
+    assert clock.now_s() == pytest.approx(4.0)

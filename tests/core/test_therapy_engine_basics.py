@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pump_rig.core.program import TherapyProgram, default_drug_library, parse_program
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR, PumpAction
+from pump_rig.core.syringe_pump import SyringePump
 from pump_rig.core.therapy_engine import (
     DOSE_LIMIT,
     INVALID_DEVICE_VOLUME,
@@ -29,6 +30,7 @@ from pump_rig.core.therapy_engine import (
     VOLUME_COUNTER_RESET,
     AlarmEvent,
     AlarmSeverity,
+    CommandIntent,
     EngineConfig,
     TherapyEngine,
     TherapyError,
@@ -962,6 +964,7 @@ def test_property_state_and_dose_from_device_deltas(
                 cur.daily_dose_ug
             ) * (1 + 1e-12):
                 engine.set_program(t, new)
+                m.close()  # the open bucket belongs to the old program's local time
                 if cur is None:
                     m.reservoir_ul = new.reservoir_volume_ul
                     m.run = not m.latched
@@ -1011,3 +1014,55 @@ def test_property_state_and_dose_from_device_deltas(
         exact = math.fsum(d for ti, d in m.increments if t < ti + SECONDS_PER_DAY)
         assert snap.delivered_dose_24h_ug >= exact - 1e-9
         assert snap.reservoir_volume_ul == pytest.approx(m.reservoir_ul, abs=1e-9)
+
+
+# --- against the plunger model: whole steps ----------------------------------------------------
+
+
+@pytest.mark.parametrize("inner_diameter_mm", [14.43, 21.59, 26.59])  # BD 10, 30, 60 mL
+def test_bolus_on_a_pump_that_moves_whole_steps_completes_and_basal_resumes(
+    inner_diameter_mm: float,
+) -> None:
+    # The pump stops short of a volume limit by up to a step. Found in `pumprig bench therapy`:
+    # the remainder of a bolus smaller than one step could never be delivered, so the engine
+    # kept commanding it and the basal never resumed.
+    program = parse_program(
+        PROGRAM.to_yaml().replace(
+            "reservoir:",
+            "patient_bolus: {dose_ug: 25.0, duration_min: 10, lockout_min: 60, max_per_24h: 4}\n"
+            "reservoir:",
+        )
+    )
+    pump = SyringePump(
+        inner_diameter_mm=inner_diameter_mm,
+        syringe_volume_ul=60000.0,
+        loaded_volume_ul=60000.0,
+        max_rate_ul_per_h=100000.0,
+        t0_s=T0,
+    )
+    resolution = max(CONFIG.device_resolution_ul, pump.ul_per_step)
+    engine = running_engine(program=program, config=EngineConfig(device_resolution_ul=resolution))
+    applied: CommandIntent | None = None
+    t = T0
+    while t < T0 + 2 * SECONDS_PER_HOUR:
+        if t == T0 + 600.0:
+            assert engine.request_bolus(t).granted
+        engine.on_device_volume(t, pump.snapshot(t).delivered_ul)
+        intent = engine.command(t)
+        if intent is not applied:  # as the motor driver applies a new command
+            pump.stop(t)
+            if intent.action is PumpAction.INFUSE:
+                pump.set_rate(t, intent.flow_rate_ul_per_h)
+                pump.set_volume_limit(t, intent.volume_limit_ul)
+                pump.start(t)
+            applied = intent
+        t += 5.0
+    engine.on_device_volume(t, pump.snapshot(t).delivered_ul)
+    snap = engine.snapshot(t)
+    assert snap.active_bolus == ""
+    assert snap.dose_24h_by_source_ug["patient_bolus"] == pytest.approx(25.0, abs=resolution)
+    assert applied is not None
+    assert applied.volume_limit_ul == 0.0  # plain basal again
+    assert applied.flow_rate_ul_per_h == pytest.approx(PROGRAM.basal_rate_ul_per_h)
+    # Every step the pump moved is in the ledger.
+    assert engine.ledger.total_volume_ul == pytest.approx(pump.snapshot(t).delivered_ul)

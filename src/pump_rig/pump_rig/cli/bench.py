@@ -24,6 +24,7 @@ from rclpy.parameter import Parameter
 from pump_rig.cli.client import RigClient
 from pump_rig.cli.stack import Stack, StackOptions
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR
+from pump_rig.nodes.ros_time import now_s as ros_now_s
 
 # Monday 2026-01-05 00:00 UTC: days of the run are whole calendar days.
 BENCH_START_S = float(calendar.timegm((2026, 1, 5, 0, 0, 0)))
@@ -55,6 +56,19 @@ reservoir:
   low_alarm_ul: 2000.0
   low_alarm_days: 3.0
 """
+
+
+# The bench syringe holds what the month delivers (~15 mL): a full BD Plastipak 30 mL
+# (21.59 mm bore, New Era NE-1000 manual syringe table) instead of the demo's 10 mL.
+_SYRINGE_ID_MM = 21.59
+_BENCH_SYRINGE = [
+    Parameter("bench.inner_diameter_mm", Parameter.Type.DOUBLE, _SYRINGE_ID_MM),
+    Parameter("bench.syringe_volume_ul", Parameter.Type.DOUBLE, 30000.0),
+    Parameter("bench.loaded_volume_ul", Parameter.Type.DOUBLE, 30000.0),
+]
+
+
+_ACTION_HOLD_WALL_S = 5.0  # the longest the clock is held slow for one scenario action
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,13 @@ def run_therapy_bench(args: argparse.Namespace) -> None:
             program=program,
             journal=work / "dose_journal.jsonl",
             extra={
-                "mock_hardware": [Parameter("sim_start_s", Parameter.Type.DOUBLE, BENCH_START_S)],
+                "mock_hardware": [
+                    Parameter("sim_start_s", Parameter.Type.DOUBLE, BENCH_START_S),
+                    *_BENCH_SYRINGE,
+                ],
+                "motor_driver": [
+                    Parameter("syringe_inner_diameter_mm", Parameter.Type.DOUBLE, _SYRINGE_ID_MM)
+                ],
                 "dosing_controller": [
                     Parameter("journal_bucket_s", Parameter.Type.DOUBLE, 900.0),
                 ],
@@ -140,20 +160,31 @@ def run_therapy_bench(args: argparse.Namespace) -> None:
     client: RigClient | None = None
     log: list[str] = []
     try:
-        stack.start()
-        client = RigClient(args.namespace)
         t0 = BENCH_START_S
         pending = scenario(days)
+        end_s = days * SECONDS_PER_DAY
+        # Run past the end until the device has reported beyond it (the pump reports about
+        # once a simulated second in a slow window), so the last day is complete.
+        settle_s = 2.0
+        if stack.mock is not None:
+            # The clock stops at each action and at the end and runs slowly from there, so a
+            # request lands on time and the pump's command change costs simulated seconds,
+            # not the hundreds of simulated seconds a few serial exchanges take at full speed.
+            for action in pending:
+                stack.mock.clock.slow_at(t0 + action.at_s)
+            stack.mock.clock.slow_at(t0 + end_s)
+            settle_s = min(stack.mock.clock.event_window_s, 5.0)
+        stack.start()
+        client = RigClient(args.namespace)
+        controller = stack.node("dosing_controller")
         shown_day = -1
-        while (now := stack.sim_now_s()) - t0 < days * SECONDS_PER_DAY:
-            while pending and now - t0 >= pending[0].at_s:
-                action = pending.pop(0)
-                log.append(f"  day {(now - t0) / SECONDS_PER_DAY:6.3f}: {action.call(client)}")
-            if (day := int((now - t0) // SECONDS_PER_DAY)) != shown_day:
+        while (now := stack.sim_now_s()) - t0 < end_s + settle_s:
+            if pending and now - t0 >= pending[0].at_s:
+                log.append(_run_action(stack, controller, client, pending.pop(0), t0))
+            if (day := int((now - t0) // SECONDS_PER_DAY)) != shown_day and day < days:
                 shown_day = day
                 print(f"  day {day + 1}/{math.ceil(days)} at {time.monotonic() - wall0:.1f} s")
             time.sleep(0.002)
-        controller = stack.node("dosing_controller")
         engine = controller.engine
         engine.command(stack.sim_now_s())  # bring the books up to the end
         truth_ul = stack.mock.pump_snapshot().delivered_ul if stack.mock else math.nan
@@ -165,6 +196,25 @@ def run_therapy_bench(args: argparse.Namespace) -> None:
     _print_results(engine, log, truth_ul, wall_s, days, args.speed)
 
 
+def _run_action(stack: Stack, controller: Any, client: RigClient, action: Action, t0: float) -> str:
+    """Run a scenario action at its time, with the clock held slow meanwhile (a service call
+    takes milliseconds of wall time: hours at full speed)."""
+    clock = stack.mock.clock if stack.mock is not None else None
+    if clock is not None:
+        clock.hold_slow(_ACTION_HOLD_WALL_S)
+    try:
+        # The controller's ROS time comes from /clock, a tick behind the mock's clock: wait
+        # for it to reach the action's time, so the controller files the action at its time.
+        deadline = time.monotonic() + _ACTION_HOLD_WALL_S
+        while ros_now_s(controller) - t0 < action.at_s and time.monotonic() < deadline:
+            time.sleep(0.001)
+        at_day = (ros_now_s(controller) - t0) / SECONDS_PER_DAY
+        return f"  day {at_day:6.3f}: {action.call(client)}"
+    finally:
+        if clock is not None:
+            clock.release_slow()
+
+
 def _print_results(
     engine: Any, log: list[str], truth_ul: float, wall_s: float, days: float, speed: float
 ) -> None:
@@ -172,31 +222,39 @@ def _print_results(
     print("\n".join(shown))
     prescribed = engine.prescribed_by_day
     delivered = {t.day: t for t in engine.ledger.day_totals()}
+    first_day = math.floor(BENCH_START_S / SECONDS_PER_DAY)  # the bench program is UTC
+    run_days = range(first_day, first_day + math.ceil(days))
     print()
     print(
-        f"{'day':>4} {'date':>10} {'prescribed µg':>14} {'delivered µg':>13} {'error':>8}  sources"
+        f"{'day':>4} {'date':>10} {'prescribed µg':>14} {'delivered µg':>13} {'error':>9}  sources"
     )
-    worst = 0.0
-    for n, day in enumerate(sorted(prescribed)):
-        p = prescribed[day]
+    worst, worst_n = 0.0, 0
+    sums: tuple[list[float], list[float]] = ([], [])
+    for n, day in enumerate(run_days, start=1):
+        p = prescribed.get(day, 0.0)
         total = delivered.get(day)
-        if p == 0 and total is None:
-            continue
         d = total.total_dose_ug if total else 0.0
-        err = (d - p) / p if p > 0 else 0.0
-        # The last day is cut short by the end of the run (its bucket may still be open).
-        if 0 < n < len(prescribed) - 1:
-            worst = max(worst, abs(err))
+        sums[0].append(p)
+        sums[1].append(d)
+        err = (d - p) / p if p > 0 else math.nan
+        # Day 1 starts when the controller has applied the program: not a whole day.
+        if n > 1 and abs(err) > worst:
+            worst, worst_n = abs(err), n
         parts = (
             ", ".join(f"{k} {v:.1f}" for k, v in sorted(total.dose_ug.items()) if v > 0)
             if total
             else ""
         )
         date = time.strftime("%Y-%m-%d", time.gmtime(day * SECONDS_PER_DAY))
-        print(f"{n + 1:>4} {date:>10} {p:>14.3f} {d:>13.3f} {err:>+8.3%}  {parts}")
+        print(f"{n:>4} {date:>10} {p:>14.3f} {d:>13.3f} {err:>+9.4%}  {parts}")
+    p_sum, d_sum = math.fsum(sums[0]), math.fsum(sums[1])
     ledger_ul = engine.ledger.total_volume_ul
     print()
-    print(f"worst daily error      {worst:.4%} (whole days 2..{len(prescribed) - 1})")
+    print(f"worst daily error      {worst:+.4%} (day {worst_n}; whole days 2..{len(run_days)})")
+    print(
+        f"whole run              prescribed {p_sum:.3f} µg, delivered {d_sum:.3f} µg "
+        f"({(d_sum - p_sum) / p_sum:+.4%})"
+    )
     print(
         f"device vs ledger       ledger {ledger_ul:.3f} µL, mock plunger {truth_ul:.3f} µL "
         f"({(ledger_ul - truth_ul) / truth_ul:+.5%})"

@@ -148,15 +148,16 @@ class Stack:
         return self.nodes[0].get_clock().now().nanoseconds * 1e-9
 
     def shutdown(self) -> None:
-        """Stop the pump, close the bag, stop spinning. Safe to call twice."""
-        for node in reversed(self.nodes):
-            close = getattr(node, "close", None)
-            if callable(close):
-                close()
+        """Stop spinning, then stop the pump, close the journal and the bag (no callback runs
+        on a closed node). Safe to call twice."""
         for executor in getattr(self, "_executors", []):
             executor.shutdown(timeout_sec=5.0)
         for thread in getattr(self, "_threads", []):
             thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            close = getattr(node, "close", None)
+            if callable(close):
+                close()
         for node in self.nodes:
             node.destroy_node()
         self.nodes = []

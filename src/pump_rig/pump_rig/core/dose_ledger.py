@@ -12,6 +12,7 @@ rebuilt from the journal equals the one that wrote it.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -196,16 +197,13 @@ class DoseLedger:
                 parts[source].append(amount)
         return {source: math.fsum(values) for source, values in parts.items()}
 
-    def time_until_window_at_most(self, t_s: float, dose_ug: float) -> float:
-        """Seconds until the 24 h sum (without new delivery) falls to ``dose_ug`` or below."""
-        total = self.dose_24h_ug(t_s)
-        if total <= dose_ug:
-            return 0.0
-        for bucket in self._window:
-            total -= bucket.total_dose_ug
-            if total <= dose_ug * (1.0 + 1e-12):
-                return max(0.0, bucket.t1_s + WINDOW_S - t_s)
-        return math.inf  # the open bucket alone is above it
+    def leaving(self, t_s: float) -> tuple[list[float], list[float]]:
+        """When the closed buckets in the window at ``t_s`` leave it (time order, as they
+        were closed in time order) and the cumulative dose gone by each of those times."""
+        self._expire(t_s)
+        times = [b.t1_s + WINDOW_S for b in self._window]
+        gone = list(itertools.accumulate(b.total_dose_ug for b in self._window))
+        return times, gone
 
     @property
     def total_volume_ul(self) -> float:

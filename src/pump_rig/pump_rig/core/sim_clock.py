@@ -14,6 +14,10 @@ simulated time is then piecewise linear:
 * at full ``speed`` again. An event within a window is clamped to as well and extends the
   window to its own ``event_window_s``.
 
+:meth:`SimClock.hold_slow` keeps the clock at ``event_speed`` for up to a given wall time,
+until :meth:`SimClock.release_slow`: for a reaction of unknown wall latency (the mock hardware
+holds from a pump stop until the pump runs again; the therapy bench around its service calls).
+
 When a time source publishes the clock (``hold_until_tick=True``), it reads with
 :meth:`SimClock.tick_s` and everyone else with :meth:`SimClock.now_s`: an event time reached by
 any reading is held (every reading returns it) until the next tick, so the published clock
@@ -74,6 +78,7 @@ class SimClock:
         self._sim_a = sim_start_s
         self._held = False  # at the event _sim_a, waiting for a tick
         self._slow_until = sim_start_s  # end of the current slow window (<= anchor: none)
+        self._hold_until_wall = -math.inf  # end of a hold_slow, in wall time
         self._last = sim_start_s
         self._events: list[float] = []  # heap of pending event times, all > _last
         self._lock = threading.Lock()
@@ -91,7 +96,36 @@ class SimClock:
     def in_event_window(self) -> bool:
         """True while the clock runs at ``event_speed`` (as of the last reading)."""
         with self._lock:
-            return self._last < self._slow_until
+            return self._last < self._slow_until or self._monotonic() < self._hold_until_wall
+
+    def hold_slow(self, wall_s: float) -> None:
+        """Run at ``event_speed`` from now for up to ``wall_s`` of wall time, or until
+        :meth:`release_slow`: while something is expected to react (a pump that has just
+        stopped is about to be commanded again), so that its wall latency costs simulated
+        seconds, not ``speed`` times as many."""
+        if not self.slows_for_events or not (math.isfinite(wall_s) and wall_s > 0):
+            return
+        with self._lock:
+            self._reanchor()
+            self._hold_until_wall = self._wall_a + wall_s
+
+    def release_slow(self) -> None:
+        """End a :meth:`hold_slow` early (the reaction came)."""
+        with self._lock:
+            if self._hold_until_wall == -math.inf:
+                return
+            self._reanchor()
+            self._hold_until_wall = -math.inf
+
+    def _reanchor(self) -> None:
+        """Start a new linear piece at the current reading (before a change of rate). Lock
+        held."""
+        if self._held:
+            return  # anchored at the event, which stays until the tick
+        wall = self._monotonic()
+        self._last = max(self._last, self._advance(wall, tick=False))
+        if not self._held:
+            self._wall_a, self._sim_a = max(self._wall_a, wall), self._last
 
     def now_s(self) -> float:
         """Simulated time now. At an event with ``hold_until_tick``, the event time until the
@@ -140,14 +174,21 @@ class SimClock:
             elapsed = wall - self._wall_a
             if elapsed <= 0.0:
                 return self._sim_a  # the wall clock went back: hold
-            in_window = self._sim_a < self._slow_until
-            rate = self.event_speed if in_window else self.speed
-            boundary = self._slow_until if in_window else math.inf
+            in_sim_window = self._sim_a < self._slow_until
+            holding = self._wall_a < self._hold_until_wall
+            rate = self.event_speed if (in_sim_window or holding) else self.speed
+            # Wall time at which this linear piece ends (the rate changes), if it does, and
+            # the simulated time there (exactly the window's end when that ends it).
+            piece_end, piece_end_sim = math.inf, math.inf
+            if in_sim_window:
+                piece_end = self._wall_a + (self._slow_until - self._sim_a) / rate
+                piece_end_sim = self._slow_until
+            if holding and (not in_sim_window or self._hold_until_wall > piece_end):
+                piece_end = self._hold_until_wall
+                piece_end_sim = self._sim_a + rate * (piece_end - self._wall_a)
             next_event = self._events[0] if self._events else math.inf
-            sim = self._sim_a + rate * elapsed
-            if sim < min(boundary, next_event):
-                return sim
-            if next_event <= boundary:
+            event_wall = self._wall_a + (next_event - self._sim_a) / rate
+            if event_wall <= min(wall, piece_end):
                 # Reached an event: clamp to it exactly; the clock restarts from it now (the
                 # wall time since the crossing is dropped), or at the next tick when holding.
                 while self._events and self._events[0] <= next_event:
@@ -156,6 +197,12 @@ class SimClock:
                 self._held = self.hold_until_tick and not tick
                 self._slow_until = max(self._slow_until, next_event + self.event_window_s)
                 return next_event
-            # The window ended before now: full speed again from its end.
-            self._wall_a += (boundary - self._sim_a) / rate
-            self._sim_a = boundary
+            if wall < piece_end:
+                return self._sim_a + rate * elapsed
+            # The slow piece ended before now: full speed again from its end.
+            self._sim_a, self._wall_a = max(self._sim_a, piece_end_sim), piece_end
+            if self._sim_a >= self._slow_until and self._wall_a >= self._hold_until_wall:
+                continue
+            # (rounding left one of them a hair short: it is over)
+            self._slow_until = min(self._slow_until, self._sim_a)
+            self._hold_until_wall = min(self._hold_until_wall, self._wall_a)

@@ -16,6 +16,7 @@ It never raises a rate to make up a shortfall: it raises ``UNDER_DELIVERY`` inst
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections import OrderedDict, deque
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pump_rig.core.catheter_line import CatheterLine
+from pump_rig.core.catheter_line import CatheterLine, Segment
 from pump_rig.core.dose_journal import DoseJournal, JournalError
 from pump_rig.core.dose_ledger import DeliveryBucket, DoseLedger, DoseSource
 from pump_rig.core.drug_library import Drug, DrugLibrary, DrugLibraryError
@@ -121,6 +122,11 @@ class EngineConfig:
     dose_limit_horizon_s: float = 3600.0
     # Largest volume limit one command may carry (the motor driver's own limit).
     max_volume_per_command_ul: float = 2000.0
+    # The smallest volume the pump moves (one step of the plunger; 0.041 µL for a 10 mL BD
+    # syringe on the open stepper pump). A pump stops short of a volume limit by up to this, so
+    # a bolus with no more than this left is complete: a smaller remainder could never be
+    # delivered and would hold the basal up behind it.
+    device_resolution_ul: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,8 @@ class TherapyEngine:
         self._prescribed_by_day: dict[int, float] = {}
         self._overrides: list[tuple[float, str]] = []
         self._issued: _Issued | None = None
+        self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
+        self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
 
     # --- construction with a journal --------------------------------------------------------
 
@@ -312,11 +320,17 @@ class TherapyEngine:
         return engine
 
     def close(self) -> None:
-        """Journal the open delivery bucket and close the journal (a clean shutdown)."""
+        """Journal the open delivery bucket and the state (what was prescribed since the last
+        record, even while nothing was delivered), then close the journal (a clean shutdown)."""
         if self._fault is None:
-            self._flush_bucket()
+            self._record("close")
         if self._journal is not None:
             self._journal.close()
+            # Closed for good: whatever still reaches this engine (a late callback) is not
+            # journaled, and it doses no more.
+            self._journal = None
+            self._fault = self._fault or "closed (controller shut down)"
+            self._run = False
 
     def _enter_fault(self, reason: str) -> None:
         self._fault = reason
@@ -358,6 +372,9 @@ class TherapyEngine:
                 raise TherapyError("titration override needs a reason (it is recorded)")
             note = f"; titration limit overridden ({override_reason.strip()})"
         first = not self._filled  # the ledger's first program starts therapy
+        # The open bucket belongs to the old local time: close it before the offset changes
+        # (the replay applies it before the program record too).
+        self._flush_bucket()
         self._program, self._drug = program, drug
         self._ledger.utc_offset_s = program.schedule.utc_offset_s
         fill = ""
@@ -694,12 +711,21 @@ class TherapyEngine:
     def _basal_source(self) -> DoseSource:
         return DoseSource.BRIDGE if self._bridge else DoseSource.BASAL
 
+    def _bridge_run(self) -> Segment | None:
+        """During a bridge, the run of fluid at the tip the rate follows. Runs no larger than
+        the pump's resolution are passed over: the pump cannot push them on their own."""
+        line = self._line
+        if not self._bridge or line is None:
+            return None
+        for run in line.segments:
+            if run.volume_ul > self.config.device_resolution_ul:
+                return run if run.concentration_ug_per_ml > 0 else None
+        return None
+
     def _rate_concentration(self) -> float:
         """Concentration the basal rate is computed from: the tip's during a bridge."""
-        line = self._line
-        if self._bridge and line is not None and line.tip_concentration_ug_per_ml > 0:
-            return line.tip_concentration_ug_per_ml
-        return self._res_conc
+        run = self._bridge_run()
+        return run.concentration_ug_per_ml if run is not None else self._res_conc
 
     def _basal_rate(self, t_s: float) -> float:
         program = self._program
@@ -725,6 +751,11 @@ class TherapyEngine:
             rate = basal + bolus_rate
             limit = bolus.left_ul * rate / bolus_rate
             reason = f"{bolus.source.value} {bolus.left_ul:.6g} µL left + {reason}"
+        run = self._bridge_run()
+        if run is not None and run.concentration_ug_per_ml != self._res_conc:
+            # The pump stops by itself where this run ends (its rate is this run's), exactly
+            # and at any clock speed; the next command follows the next run.
+            limit = min(limit, run.volume_ul)
         # Never past the daily maximum: cap the volume the device may deliver.
         headroom = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s)
         line = self._require_line()
@@ -819,10 +850,14 @@ class TherapyEngine:
             self._ledger.add(t_s, source, vol, outflow.dose_ug * vol / volume_ul)
         self._device_total += volume_ul
         self._res_volume = max(0.0, self._res_volume - volume_ul)
-        if bolus is not None and bolus.left_ul <= bolus.volume_ul * _REL_EPS:
+        if bolus is not None and bolus.left_ul <= max(
+            bolus.volume_ul * _REL_EPS, self.config.device_resolution_ul
+        ):
             self._bolus = None
             self._record("bolus_done", src=bolus.source.value)
-        if self._bridge and line.volume_until_concentration_ul(self._res_conc) <= 0.0:
+        if self._bridge and (
+            line.volume_until_concentration_ul(self._res_conc) <= self.config.device_resolution_ul
+        ):
             self._bridge = False
             self._record("bridge_done")
         limit = self.daily_limit_ug()
@@ -891,15 +926,11 @@ class TherapyEngine:
         volume = line.volume_for_dose_ul(policy.dose_ug, self._res_conc)
         if not math.isfinite(volume) or volume > self._res_volume:
             return BolusAnswer(False, "not enough drug in the reservoir", next_allowed_in_s=-1.0)
-        basal_during = program.schedule.dose_ug(t_s, t_s + policy.duration_s)
-        needed = policy.dose_ug + basal_during
-        limit = self.daily_limit_ug()
-        room_at = limit - needed
-        wait_dose = (
-            self._ledger.time_until_window_at_most(t_s, room_at) if room_at >= 0 else math.inf
-        )
+        wait_dose = self._wait_for_room_s(t_s, policy.dose_ug, policy.duration_s)
         if wait_dose > 0:
-            waits.append((wait_dose, f"would pass the daily maximum of {limit:g} µg"))
+            waits.append(
+                (wait_dose, f"would pass the daily maximum of {self.daily_limit_ug():g} µg")
+            )
         if waits:
             wait, _why = max(waits)
             reasons = "; ".join(w for _, w in waits)
@@ -935,6 +966,55 @@ class TherapyEngine:
                 f"would pass the daily maximum of {self.daily_limit_ug():g} µg "
                 f"({room:.6g} µg left in the last 24 h, {needed:.6g} µg needed)"
             )
+
+    def _wait_for_room_s(self, t_s: float, dose_ug: float, duration_s: float) -> float:
+        """Seconds until a bolus of ``dose_ug`` over ``duration_s`` keeps the 24 h window
+        within the daily maximum throughout (0 = now, inf = not within a day), with the basal
+        delivered as scheduled meanwhile.
+
+        The window only falls when a bucket leaves it, so the candidates are now and those
+        instants. At each, the window's worst rise over the bolus is the basal since then less
+        what has left, taken just before each bucket leaves and at the end: in steady therapy
+        what leaves matches what comes.
+
+        The window counts a bucket until 24 h after its end, so it runs up to the oldest
+        bucket's dose above what was really delivered in the last 24 h. That much is allowed
+        here, so that ``max = basal + N × bolus`` lets all N boluses through; the hard limit
+        stays with the device volume limit of every command (:meth:`_desired`), which holds
+        the window itself at the maximum (at worst the end of such a bolus waits for the
+        oldest bucket to leave).
+        """
+        assert self._program is not None
+        schedule = self._program.schedule
+        limit = self.daily_limit_ug() * (1.0 + _REL_EPS)
+        window_now = self._ledger.dose_24h_ug(t_s)
+        leaves, gone = self._ledger.leaving(t_s)
+
+        def gone_by(t: float) -> float:  # dose left the window in (t_s, t]
+            k = bisect.bisect_right(leaves, t)
+            return gone[k - 1] if k else 0.0
+
+        def fits(t0: float) -> bool:
+            window = window_now + schedule.dose_ug(t_s, t0) - gone_by(t0)
+            k0 = bisect.bisect_right(leaves, t0)
+            oldest = gone[k0] - gone_by(t0) if k0 < len(leaves) else 0.0
+            t1 = t0 + duration_s
+            rise, before = 0.0, gone_by(t0)
+            for k in range(bisect.bisect_right(leaves, t0), bisect.bisect_right(leaves, t1)):
+                rise = max(
+                    rise, schedule.dose_ug(t0, leaves[k]) - ((gone[k - 1] if k else 0.0) - before)
+                )
+            rise = max(rise, schedule.dose_ug(t0, t1) - (gone_by(t1) - before))
+            return window + rise + dose_ug <= limit + oldest
+
+        if fits(t_s):
+            return 0.0
+        for t in leaves:
+            if t > t_s + SECONDS_PER_DAY:
+                break
+            if t > t_s and fits(t):
+                return t - t_s
+        return math.inf
 
     def _start_bolus(self, t_s: float, bolus: _Bolus) -> None:
         self._flush_bucket()
@@ -993,16 +1073,29 @@ class TherapyEngine:
         step = self._program.schedule.next_change_s(t_s)
         if step is not None:
             times.append(step)
+        # Ends that depend on delivery are estimated from what is left; a device that falls
+        # behind would push such an estimate on at every update (and an accelerated clock,
+        # which stops at each next change, would crawl), so the first estimate is kept and
+        # dropped once passed.
         issued = self._issued
         bolus = self._bolus
         if bolus is not None:
-            times.append(t_s + bolus.left_ul / bolus.rate_ul_per_h * SECONDS_PER_HOUR)
-        line = self._line
-        if self._bridge and line is not None and issued is not None:
+            eta = t_s + bolus.left_ul / bolus.rate_ul_per_h * SECONDS_PER_HOUR
+            if self._bolus_eta is not None and self._bolus_eta[0] is bolus:
+                eta = min(eta, self._bolus_eta[1])
+            self._bolus_eta = (bolus, eta)
+            times.append(eta)
+        run = self._bridge_run()
+        if run is not None and issued is not None and run.concentration_ug_per_ml != self._res_conc:
             rate = issued.intent.flow_rate_ul_per_h
             if rate > 0:
-                left = line.segments[0].volume_ul if line.segments else 0.0
-                times.append(t_s + left / rate * SECONDS_PER_HOUR)
+                eta = t_s + run.volume_ul / rate * SECONDS_PER_HOUR
+                held = self._bridge_eta
+                if held is not None and held[0] == run.concentration_ug_per_ml:
+                    eta = min(eta, held[1])
+                self._bridge_eta = (run.concentration_ug_per_ml, eta)
+                times.append(eta)
+        times = [t for t in times if t > t_s]
         return min(times) if times else None
 
     def _fill(self, drug: str, concentration: float, volume_ul: float) -> None:
@@ -1132,6 +1225,8 @@ class TherapyEngine:
             return
         if kind != "dlv":
             self._flush_bucket()
+            if self._journal is None:
+                return  # the flush found the journal unwritable: faulted, nothing more to add
         self._append({"k": kind, **data, "s": self._state_record()})
 
     def _append(self, record: dict[str, Any]) -> None:

@@ -103,6 +103,15 @@ def _engine_specs() -> list[ParamSpec]:
             read_only=True,
         ),
         ParamSpec(
+            "device_resolution_ul",
+            d.device_resolution_ul,
+            "Smallest volume the pump moves (one plunger step, µL); a bolus with no more than "
+            "this left is complete",
+            0.0,
+            100.0,
+            read_only=True,
+        ),
+        ParamSpec(
             "under_delivery_tolerance_fraction",
             d.under_delivery_tolerance_fraction,
             "...plus this fraction of the commanded volume",
@@ -165,6 +174,7 @@ class DosingController(Node):
                 self.params.get("under_delivery_tolerance_fraction")
             ),
             max_volume_per_command_ul=float(self.params.get("max_volume_per_command_ul")),
+            device_resolution_ul=float(self.params.get("device_resolution_ul")),
         )
         self.journal_path = Path(
             str(self.params.get("journal_path")) or default_journal_path(self.get_namespace())

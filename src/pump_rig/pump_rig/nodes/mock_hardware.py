@@ -52,6 +52,7 @@ from std_srvs.srv import Trigger
 from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
+from pump_rig.core.pump_types import PumpRunState
 from pump_rig.core.sim_clock import SimClock
 from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.core.syringe_pump import PumpSnapshot
@@ -64,6 +65,8 @@ from pump_rig.nodes.contract import (
 )
 from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import s_to_stamp, stamp_to_s, wall_clock
+
+_STARTUP_HOLD_WALL_S = 5.0
 
 
 def bench_param_specs() -> list[ParamSpec]:
@@ -139,7 +142,7 @@ class MockHardware(Node):
                     1.0,
                     "Simulated seconds per wall second; above 1 publishes /clock",
                     0.01,
-                    100000.0,
+                    1.0e6,
                     read_only=True,
                 ),
                 ParamSpec(
@@ -161,6 +164,16 @@ class MockHardware(Node):
                     "per event",
                     0.0,
                     3600.0,
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "event_hold_wall_s",
+                    0.5,
+                    "After the pump stops, the clock stays at event_speed until it runs again, "
+                    "for at most this much wall time: a slow reaction (the basal after a bolus) "
+                    "then costs simulated seconds, not hours",
+                    0.0,
+                    10.0,
                     read_only=True,
                 ),
                 ParamSpec(
@@ -231,6 +244,11 @@ class MockHardware(Node):
             hold_until_tick=self.publishes_clock,
         )
         self._lock = threading.Lock()
+        self._event_hold_wall_s = float(self.params.get("event_hold_wall_s"))
+        self._pump_running = False
+        # Until the pump first runs (the stack starting up, the first program), as after any
+        # stop: the start-up's wall time then costs simulated seconds, not hours.
+        self.clock.hold_slow(_STARTUP_HOLD_WALL_S)
         t0 = self.clock.now_s()
         sample_period_s = self._sample_period_s(speed)
         self.session = BenchSession(
@@ -285,10 +303,19 @@ class MockHardware(Node):
             return self.session.snapshot(self.clock.now_s())
 
     def _report_pump_event(self) -> None:
-        """Slow the clock around the pump's next self-stop. Call with ``self._lock`` held."""
+        """Slow the clock around the pump's next self-stop, and hold it slow from a stop until
+        the pump runs again (the controller's reaction, e.g. the basal after a bolus, then
+        costs simulated seconds, not hours). Call with ``self._lock`` held."""
         t_event = self.session.next_pump_event_s()
         if t_event is not None:
             self.clock.slow_at(t_event)
+        running = self.session.bench.pump.state is PumpRunState.RUNNING
+        if running != self._pump_running:
+            self._pump_running = running
+            if running:
+                self.clock.release_slow()
+            else:
+                self.clock.hold_slow(self._event_hold_wall_s)
 
     def _on_dose(self, msg: DoseStatus) -> None:
         if msg.next_change.sec or msg.next_change.nanosec:
