@@ -8,13 +8,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.ros.conftest import PROGRAM, unique_namespace
+from tests.ros.conftest import PROGRAM, REPO, unique_namespace
 
 pytestmark = pytest.mark.ros
+
+FLEX_PROGRAM = REPO / "config" / "programs" / "baclofen_flex.yaml"
 
 
 def pumprig(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -68,34 +71,73 @@ def test_up_with_a_negative_speed_is_a_usage_error() -> None:
     assert "must be a finite number > 0" in result.stderr
 
 
-@pytest.fixture
-def live_rig(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def running_rig(program: Path, cwd: Path) -> Iterator[str]:
+    """`pumprig up` at x60 in its own process; yields its namespace, then stops it cleanly."""
     namespace = unique_namespace()
     exe = shutil.which("pumprig")
     assert exe is not None
     proc = subprocess.Popen(
-        [exe, "-n", namespace, "up", "--speed", "60", "--program", str(PROGRAM)],
+        [exe, "-n", namespace, "up", "--speed", "60", "--program", str(program)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=os.environ.copy(),
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    yield namespace
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=20)[0]
+    try:
+        yield namespace
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=20)[0]
     assert proc.returncode == 0, output
     assert "pumprig up: stopped" in output
 
 
+@pytest.fixture
+def live_rig(tmp_path: Path) -> Iterator[str]:
+    with running_rig(PROGRAM, tmp_path) as namespace:
+        yield namespace
+
+
+def wait_for_status(ns: str, text: str, timeout_s: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = pumprig("-n", ns, "status")
+    while text not in status.stdout and time.monotonic() < deadline:
+        status = pumprig("-n", ns, "status")
+    assert text in status.stdout, status.stdout + status.stderr
+    return status.stdout
+
+
+def test_boluses_and_refills_against_a_running_rig(tmp_path: Path) -> None:
+    with running_rig(FLEX_PROGRAM, tmp_path) as ns:
+        wait_for_status(ns, "therapy        RUNNING")
+        granted = pumprig("-n", ns, "bolus", "--request-id", "press-1")
+        assert granted.returncode == 0, granted.stderr
+        assert "granted: 25 µg (50 µL) over 10 min" in granted.stdout
+        # A retry of the same press is the same answer, not a second bolus.
+        again = pumprig("-n", ns, "bolus", "--request-id", "press-1")
+        assert again.returncode == 0 and "granted" in again.stdout, again.stderr
+        denied = pumprig("-n", ns, "bolus", "--request-id", "press-2")
+        assert denied.returncode == 1
+        assert "lockout: 180 min after the last bolus" in denied.stderr
+        assert "next allowed in" in denied.stderr
+        # Changing drug needs therapy suspended and a new program: refused, nothing changed.
+        refused = pumprig("-n", ns, "refill", "5000", "--drug", "morphine", "--concentration", "10")
+        assert refused.returncode == 1 and "morphine" in refused.stderr, refused.stderr
+        refilled = pumprig(
+            "-n", ns, "refill", "15000", "--drug", "baclofen", "--concentration", "500"
+        )
+        assert refilled.returncode == 0, refilled.stderr
+        assert "discarded" in refilled.stdout and "next refill" in refilled.stdout
+        status = wait_for_status(ns, "reservoir")
+        assert "baclofen-flex" in status
+        assert "next refill" in status
+
+
 def test_commands_against_a_running_rig(live_rig: str, tmp_path: Path) -> None:
     ns = live_rig
-    deadline = time.monotonic() + 30
-    status = pumprig("-n", ns, "status")
-    while "therapy        RUNNING" not in status.stdout and time.monotonic() < deadline:
-        status = pumprig("-n", ns, "status")
-    assert "therapy        RUNNING" in status.stdout, status.stdout + status.stderr
-    assert "baclofen-constant" in status.stdout
+    assert "baclofen-constant" in wait_for_status(ns, "therapy        RUNNING")
 
     suspended = pumprig("-n", ns, "suspend")
     assert suspended.returncode == 0 and "suspended" in suspended.stdout

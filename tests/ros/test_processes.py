@@ -149,3 +149,83 @@ def test_bad_configuration_is_refused_in_one_line(
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_a_crashed_controller_restarts_from_its_journal_and_loses_no_delivery(
+    tmp_path: Path, namespace: str, probe: Probe
+) -> None:
+    """The controller process is killed (no clean shutdown) while the pump runs, and started
+    again on the same journal: the dose ledger carries on from the device's counter, so what
+    was delivered while nobody was listening is counted, and nothing is counted twice."""
+    port = tmp_path / "pump"
+    journal = tmp_path / "dose_journal.jsonl"
+    config = REPO / "config" / "mock.yaml"
+
+    def start(name: str, *params: str, log: str = "") -> subprocess.Popen[bytes]:
+        args = [_executable(name), "--ros-args", "-r", f"__ns:={namespace}"]
+        args += ["--params-file", str(config)]
+        for param in params:
+            args += ["-p", param]
+        with (tmp_path / f"{log or name}.log").open("wb") as out:
+            return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    controller_params = (
+        f"program_file:={PROGRAM}",
+        f"journal_path:={journal}",
+        "journal_bucket_s:=60.0",
+        "use_sim_time:=true",
+    )
+    procs = [
+        start("mock_hardware", f"speed:={SPEED}", f"port_link:={port}"),
+        start("motor_driver", f"port:={port}", "use_sim_time:=true"),
+    ]
+    try:
+        controller = start("dosing_controller", *controller_params)
+        procs.append(controller)
+        states, dose = probe.watch("pump/state"), probe.watch("dose")
+        probe.wait_for(
+            lambda: (d := last(dose)) is not None and d.delivered_volume_ul > 1.0,
+            timeout_s=40.0,
+            what="the first controller accounting delivery",
+        )
+        before = last(dose)
+        controller.kill()  # a crash: no close record, the open bucket is lost with it
+        controller.wait()
+        # The pump goes on until the driver's command timeout stops it; the device counts it.
+        stopped = probe.wait_for(
+            lambda: (s := last(states)) is not None and s.state == PumpState.IDLE and s,
+            timeout_s=20.0,
+            what="the driver stopping the pump without commands",
+        )
+        device_ul = stopped.delivered_volume_ul
+        assert device_ul > before.delivered_volume_ul  # some of it nobody accounted yet
+        dose.clear()
+        procs.append(start("dosing_controller", *controller_params, log="controller2"))
+        after = probe.wait_for(
+            lambda: (
+                (d := last(dose)) is not None and d.delivered_volume_ul >= device_ul - 1e-6 and d
+            ),
+            timeout_s=30.0,
+            what="the restarted controller accounting what the device delivered",
+        )
+        # All of the device's delivery since the first baseline, once: the ledger follows the
+        # device counter (within what the device delivered since it was read).
+        latest_ul = last(states).delivered_volume_ul
+        assert device_ul - 1e-6 <= after.delivered_volume_ul <= latest_ul + 1e-6
+        assert after.delivered_dose_total_ug >= before.delivered_dose_total_ug
+        assert after.program == "baclofen-constant"
+        assert after.therapy_state == DoseStatus.RUNNING  # therapy carries on
+        kinds = [
+            line.split(b'"k":"', 1)[1].split(b'"', 1)[0]
+            for line in journal.read_bytes().splitlines()
+        ]
+        assert kinds.count(b"journal") == 1  # the same journal, appended to
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -22,40 +22,17 @@ from typing import Any
 from rclpy.parameter import Parameter
 
 from pump_rig.cli.client import RigClient
-from pump_rig.cli.stack import Stack, StackOptions
+from pump_rig.cli.stack import Stack, StackOptions, package_share
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR
 from pump_rig.nodes.ros_time import now_s as ros_now_s
 
 # Monday 2026-01-05 00:00 UTC: days of the run are whole calendar days.
 BENCH_START_S = float(calendar.timegm((2026, 1, 5, 0, 0, 0)))
 
-BENCH_PROGRAM = """\
-name: bench-baclofen-flex
-drug: baclofen
-concentration_ug_per_ml: 500.0
-mode: flex
-schedule:
-  - days: [mon, tue, wed, thu, fri]
-    steps:
-      - {at: "00:00", dose_rate_ug_per_h: 8.0}
-      - {at: "07:00", dose_rate_ug_per_h: 12.0}
-      - {at: "12:00", dose_rate_ug_per_h: 10.0}
-      - {at: "19:00", dose_rate_ug_per_h: 14.0}
-  - days: [sat, sun]
-    steps:
-      - {at: "00:00", dose_rate_ug_per_h: 9.0}
-      - {at: "09:00", dose_rate_ug_per_h: 11.0}
-patient_bolus:
-  dose_ug: 25.0
-  duration_min: 10
-  lockout_min: 180
-  max_per_24h: 3
-reservoir:
-  capacity_ul: 20000.0
-  volume_ul: 8000.0
-  low_alarm_ul: 2000.0
-  low_alarm_days: 3.0
-"""
+
+def bench_program_file() -> Path:
+    """The month's program: a weekday/weekend flex schedule with patient boluses."""
+    return package_share() / "config" / "programs" / "baclofen_flex.yaml"
 
 
 # The bench syringe holds what the month delivers (~15 mL): a full BD Plastipak 30 mL
@@ -130,8 +107,7 @@ def scenario(days: float) -> list[Action]:
 def run_therapy_bench(args: argparse.Namespace) -> None:
     days = float(args.days)
     work = Path(tempfile.mkdtemp(prefix="pumprig_bench_"))
-    program = work / "bench_program.yaml"
-    program.write_text(BENCH_PROGRAM, encoding="utf-8")
+    program = bench_program_file()
     print(
         f"pumprig bench therapy: {days:g} days at x{args.speed:g} through the full stack "
         f"on mock hardware (work dir {work})"

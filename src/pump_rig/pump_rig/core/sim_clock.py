@@ -56,6 +56,7 @@ class SimClock:
         *,
         event_speed: float = 50.0,
         event_window_s: float = 5.0,
+        event_hold_wall_s: float = 0.0,
         hold_until_tick: bool = False,
     ) -> None:
         if not math.isfinite(speed) or speed <= 0:
@@ -69,6 +70,7 @@ class SimClock:
         self.speed = speed
         self.event_speed = event_speed
         self.event_window_s = event_window_s
+        self.event_hold_wall_s = event_hold_wall_s
         self.hold_until_tick = hold_until_tick
         self._monotonic = monotonic
         # Anchor of the current linear piece: (wall, sim). It moves only at piece boundaries
@@ -196,6 +198,9 @@ class SimClock:
                 self._wall_a, self._sim_a = wall, next_event
                 self._held = self.hold_until_tick and not tick
                 self._slow_until = max(self._slow_until, next_event + self.event_window_s)
+                if self.event_hold_wall_s > 0:
+                    hold_end = wall + self.event_hold_wall_s
+                    self._hold_until_wall = max(self._hold_until_wall, hold_end)
                 return next_event
             if wall < piece_end:
                 return self._sim_a + rate * elapsed

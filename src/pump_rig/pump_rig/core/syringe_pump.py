@@ -162,6 +162,11 @@ class SyringePump:
         return self._max_rate_ul_per_h
 
     @property
+    def rate_ul_per_h(self) -> float:
+        """The rate set (whether or not the motor runs)."""
+        return self._rate_ul_per_h
+
+    @property
     def t_s(self) -> float:
         """Internal time the pump has been advanced to."""
         return self._t_s

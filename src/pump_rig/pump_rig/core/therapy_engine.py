@@ -323,14 +323,11 @@ class TherapyEngine:
         """Journal the open delivery bucket and the state (what was prescribed since the last
         record, even while nothing was delivered), then close the journal (a clean shutdown)."""
         if self._fault is None:
+            self._flush_bucket()
             self._record("close")
         if self._journal is not None:
             self._journal.close()
-            # Closed for good: whatever still reaches this engine (a late callback) is not
-            # journaled, and it doses no more.
-            self._journal = None
-            self._fault = self._fault or "closed (controller shut down)"
-            self._run = False
+            self._journal = None  # closed for good: nothing more is journaled
 
     def _enter_fault(self, reason: str) -> None:
         self._fault = reason

@@ -241,11 +241,12 @@ class MockHardware(Node):
             sim_start,
             event_speed=float(self.params.get("event_speed")),
             event_window_s=float(self.params.get("event_window_s")),
+            event_hold_wall_s=float(self.params.get("event_hold_wall_s")),
             hold_until_tick=self.publishes_clock,
         )
         self._lock = threading.Lock()
         self._event_hold_wall_s = float(self.params.get("event_hold_wall_s"))
-        self._pump_running = False
+        self._pump_command = (False, 0.0)  # (running, rate) last seen
         # Until the pump first runs (the stack starting up, the first program), as after any
         # stop: the start-up's wall time then costs simulated seconds, not hours.
         self.clock.hold_slow(_STARTUP_HOLD_WALL_S)
@@ -309,9 +310,12 @@ class MockHardware(Node):
         t_event = self.session.next_pump_event_s()
         if t_event is not None:
             self.clock.slow_at(t_event)
-        running = self.session.bench.pump.state is PumpRunState.RUNNING
-        if running != self._pump_running:
-            self._pump_running = running
+        pump = self.session.bench.pump
+        running = pump.state is PumpRunState.RUNNING
+        command = (running, pump.rate_ul_per_h if running else 0.0)
+        if command != self._pump_command:
+            # The pump was commanded anew: what an event was waiting for has come.
+            self._pump_command = command
             if running:
                 self.clock.release_slow()
             else:
