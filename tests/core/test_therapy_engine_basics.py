@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from pump_rig.core.program import TherapyProgram, default_drug_library, parse_program
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR, PumpAction
-from pump_rig.core.syringe_pump import SyringePump
 from pump_rig.core.therapy_engine import (
     DOSE_LIMIT,
     INVALID_DEVICE_VOLUME,
@@ -36,6 +35,7 @@ from pump_rig.core.therapy_engine import (
     TherapyError,
     TherapyState,
 )
+from tests.core.therapy_fixtures import full_syringe
 
 CRITICAL = int(AlarmSeverity.CRITICAL)
 WARNING = int(AlarmSeverity.WARNING)
@@ -1033,13 +1033,7 @@ def test_bolus_on_a_pump_that_moves_whole_steps_completes_and_basal_resumes(
             "reservoir:",
         )
     )
-    pump = SyringePump(
-        inner_diameter_mm=inner_diameter_mm,
-        syringe_volume_ul=60000.0,
-        loaded_volume_ul=60000.0,
-        max_rate_ul_per_h=100000.0,
-        t0_s=T0,
-    )
+    pump = full_syringe(inner_diameter_mm, 60000.0, T0)
     resolution = max(CONFIG.device_resolution_ul, pump.ul_per_step)
     engine = running_engine(program=program, config=EngineConfig(device_resolution_ul=resolution))
     applied: CommandIntent | None = None

@@ -30,6 +30,7 @@ from pump_rig.core.syringe_pump import SyringePump
 from pump_rig.core.therapy_engine import CommandIntent, EngineConfig, TherapyEngine
 from pump_rig.drivers.pty_device import PtySerialDevice
 from pump_rig.drivers.stepper_driver import StepperPumpDriver
+from tests.core.therapy_fixtures import full_syringe
 
 T0 = float(calendar.timegm((2026, 1, 5, 0, 0, 0)))  # a Monday, 00:00 UTC
 DAYS = 30
@@ -82,13 +83,7 @@ class Bench:
 
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
-    pump = SyringePump(
-        inner_diameter_mm=SYRINGE_ID_MM,
-        syringe_volume_ul=30000.0,
-        loaded_volume_ul=30000.0,
-        max_rate_ul_per_h=100000.0,
-        t0_s=T0,
-    )
+    pump = full_syringe(SYRINGE_ID_MM, 30000.0, T0)
     lock = threading.Lock()
     holder: list[Bench] = []
     emulator = StepperEmulator(pump, pressure_source=lambda t_s: 1.5, seed=1)

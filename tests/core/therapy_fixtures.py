@@ -23,6 +23,7 @@ import yaml
 from pump_rig.core.drug_library import DrugLibrary
 from pump_rig.core.program import TherapyProgram, default_drug_library, parse_program
 from pump_rig.core.pump_types import SECONDS_PER_HOUR, PumpAction
+from pump_rig.core.syringe_pump import SyringePump
 from pump_rig.core.therapy_engine import CommandIntent, EngineConfig, TherapyEngine
 
 __all__ = [
@@ -285,3 +286,14 @@ class WindowCheck:
         if hi <= lo:
             return 0.0
         return math.fsum([self.prefix[hi], -self.prefix[lo]])
+
+
+def full_syringe(inner_diameter_mm: float, volume_ul: float, t0_s: float) -> SyringePump:
+    """A plunger model of a full syringe on the open stepper pump (whole microsteps)."""
+    return SyringePump(
+        inner_diameter_mm=inner_diameter_mm,
+        syringe_volume_ul=volume_ul,
+        loaded_volume_ul=volume_ul,
+        max_rate_ul_per_h=100000.0,
+        t0_s=t0_s,
+    )

@@ -451,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pumprig {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Ctrl-C of a long command (`bench`, `demo`): the stack was shut down on the way out.
+        if os.environ.get("PUMPRIG_DEBUG"):
+            raise
+        print(f"pumprig {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
