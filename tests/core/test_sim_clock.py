@@ -341,3 +341,16 @@ def test_hold_slow_changes_nothing_when_events_would_not() -> None:
     clock.hold_slow(1.0)
     wall.t += 1.0
     assert clock.now_s() == pytest.approx(4.0)
+
+
+def test_holds_with_different_keys_are_independent() -> None:
+    wall = FakeMonotonic()
+    clock = slow_clock(wall)
+    clock.hold_slow(2.0, "pump")
+    clock.hold_slow(2.0, "bench")
+    clock.release_slow("bench")  # the pump's hold stays
+    wall.t += 0.5
+    assert clock.now_s() == pytest.approx(4.0)
+    clock.release_slow("pump")
+    wall.t += 0.5
+    assert clock.now_s() == pytest.approx(4.0 + 500.0)

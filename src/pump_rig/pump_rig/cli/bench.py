@@ -177,7 +177,7 @@ def _run_action(stack: Stack, controller: Any, client: RigClient, action: Action
     takes milliseconds of wall time: hours at full speed)."""
     clock = stack.mock.clock if stack.mock is not None else None
     if clock is not None:
-        clock.hold_slow(_ACTION_HOLD_WALL_S)
+        clock.hold_slow(_ACTION_HOLD_WALL_S, "bench action")
     try:
         # The controller's ROS time comes from /clock, a tick behind the mock's clock: wait
         # for it to reach the action's time, so the controller files the action at its time.
@@ -188,7 +188,7 @@ def _run_action(stack: Stack, controller: Any, client: RigClient, action: Action
         return f"  day {at_day:6.3f}: {action.call(client)}"
     finally:
         if clock is not None:
-            clock.release_slow()
+            clock.release_slow("bench action")
 
 
 def _print_results(
@@ -204,7 +204,7 @@ def _print_results(
     print(
         f"{'day':>4} {'date':>10} {'prescribed µg':>14} {'delivered µg':>13} {'error':>9}  sources"
     )
-    worst, worst_n = 0.0, 0
+    worst, worst_n = 0.0, 0  # the signed error of largest size, and its day
     sums: tuple[list[float], list[float]] = ([], [])
     for n, day in enumerate(run_days, start=1):
         p = prescribed.get(day, 0.0)
@@ -214,8 +214,8 @@ def _print_results(
         sums[1].append(d)
         err = (d - p) / p if p > 0 else math.nan
         # Day 1 starts when the controller has applied the program: not a whole day.
-        if n > 1 and abs(err) > worst:
-            worst, worst_n = abs(err), n
+        if n > 1 and abs(err) > abs(worst):
+            worst, worst_n = err, n
         parts = (
             ", ".join(f"{k} {v:.1f}" for k, v in sorted(total.dose_ug.items()) if v > 0)
             if total

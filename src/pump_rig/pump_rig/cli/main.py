@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["therapy"], help="therapy: 30 days through the stack")
     bench.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
     bench.add_argument(
-        "--speed", type=_positive_float, default=60000.0, help="simulated s per wall s (60000)"
+        "--speed", type=_positive_float, default=100000.0, help="simulated s per wall s (100000)"
     )
 
     sub.add_parser("suspend", help="suspend therapy (pump stops)")

@@ -35,6 +35,8 @@ import threading
 import time
 from collections.abc import Callable
 
+EVENT_HOLD = "event"  # the hold_slow key of the hold an event starts (``event_hold_wall_s``)
+
 
 class SimClock:
     """Monotonic simulated clock. With speed 1 it runs at wall rate from ``sim_start_s``.
@@ -80,7 +82,8 @@ class SimClock:
         self._sim_a = sim_start_s
         self._held = False  # at the event _sim_a, waiting for a tick
         self._slow_until = sim_start_s  # end of the current slow window (<= anchor: none)
-        self._hold_until_wall = -math.inf  # end of a hold_slow, in wall time
+        self._holds: dict[str, float] = {}  # hold_slow key -> its end, in wall time
+        self._hold_until_wall = -math.inf  # the latest of them
         self._last = sim_start_s
         self._events: list[float] = []  # heap of pending event times, all > _last
         self._lock = threading.Lock()
@@ -100,24 +103,27 @@ class SimClock:
         with self._lock:
             return self._last < self._slow_until or self._monotonic() < self._hold_until_wall
 
-    def hold_slow(self, wall_s: float) -> None:
+    def hold_slow(self, wall_s: float, key: str = "hold") -> None:
         """Run at ``event_speed`` from now for up to ``wall_s`` of wall time, or until
-        :meth:`release_slow`: while something is expected to react (a pump that has just
-        stopped is about to be commanded again), so that its wall latency costs simulated
-        seconds, not ``speed`` times as many."""
+        :meth:`release_slow` with the same ``key``: while something is expected to react (a
+        pump that has just stopped is about to be commanded again), so that its wall latency
+        costs simulated seconds, not ``speed`` times as many. Holds with different keys are
+        independent: the clock is slow while any is on."""
         if not self.slows_for_events or not (math.isfinite(wall_s) and wall_s > 0):
             return
         with self._lock:
             self._reanchor()
-            self._hold_until_wall = self._wall_a + wall_s
+            self._holds[key] = max(self._holds.get(key, -math.inf), self._wall_a + wall_s)
+            self._hold_until_wall = max(self._holds.values())
 
-    def release_slow(self) -> None:
-        """End a :meth:`hold_slow` early (the reaction came)."""
+    def release_slow(self, key: str = "hold") -> None:
+        """End the :meth:`hold_slow` of ``key`` early (the reaction came)."""
         with self._lock:
-            if self._hold_until_wall == -math.inf:
+            if key not in self._holds:
                 return
             self._reanchor()
-            self._hold_until_wall = -math.inf
+            del self._holds[key]
+            self._hold_until_wall = max(self._holds.values(), default=-math.inf)
 
     def _reanchor(self) -> None:
         """Start a new linear piece at the current reading (before a change of rate). Lock
@@ -199,8 +205,11 @@ class SimClock:
                 self._held = self.hold_until_tick and not tick
                 self._slow_until = max(self._slow_until, next_event + self.event_window_s)
                 if self.event_hold_wall_s > 0:
-                    hold_end = wall + self.event_hold_wall_s
-                    self._hold_until_wall = max(self._hold_until_wall, hold_end)
+                    hold_end = max(
+                        self._holds.get(EVENT_HOLD, -math.inf), wall + self.event_hold_wall_s
+                    )
+                    self._holds[EVENT_HOLD] = hold_end
+                    self._hold_until_wall = max(self._holds.values())
                 return next_event
             if wall < piece_end:
                 return self._sim_a + rate * elapsed
@@ -210,4 +219,5 @@ class SimClock:
                 continue
             # (rounding left one of them a hair short: it is over)
             self._slow_until = min(self._slow_until, self._sim_a)
-            self._hold_until_wall = min(self._hold_until_wall, self._wall_a)
+            self._holds.clear()
+            self._hold_until_wall = -math.inf

@@ -53,7 +53,7 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
-from pump_rig.core.sim_clock import SimClock
+from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
 from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.pty_device import ByteDevice, PtySerialDevice
@@ -67,6 +67,7 @@ from pump_rig.nodes.params import ParamSet, ParamSpec
 from pump_rig.nodes.ros_time import s_to_stamp, stamp_to_s, wall_clock
 
 _STARTUP_HOLD_WALL_S = 5.0
+_PUMP_HOLD = "pump"  # the clock's hold from a pump stop until it runs again
 
 
 def bench_param_specs() -> list[ParamSpec]:
@@ -249,7 +250,7 @@ class MockHardware(Node):
         self._pump_command = (False, 0.0)  # (running, rate) last seen
         # Until the pump first runs (the stack starting up, the first program), as after any
         # stop: the start-up's wall time then costs simulated seconds, not hours.
-        self.clock.hold_slow(_STARTUP_HOLD_WALL_S)
+        self.clock.hold_slow(_STARTUP_HOLD_WALL_S, _PUMP_HOLD)
         t0 = self.clock.now_s()
         sample_period_s = self._sample_period_s(speed)
         self.session = BenchSession(
@@ -317,9 +318,10 @@ class MockHardware(Node):
             # The pump was commanded anew: what an event was waiting for has come.
             self._pump_command = command
             if running:
-                self.clock.release_slow()
+                self.clock.release_slow(_PUMP_HOLD)
+                self.clock.release_slow(EVENT_HOLD)
             else:
-                self.clock.hold_slow(self._event_hold_wall_s)
+                self.clock.hold_slow(self._event_hold_wall_s, _PUMP_HOLD)
 
     def _on_dose(self, msg: DoseStatus) -> None:
         if msg.next_change.sec or msg.next_change.nanosec:
