@@ -214,7 +214,15 @@ def test_a_crashed_controller_restarts_from_its_journal_and_loses_no_delivery(
         assert device_ul - 1e-6 <= after.delivered_volume_ul <= latest_ul + 1e-6
         assert after.delivered_dose_total_ug >= before.delivered_dose_total_ug
         assert after.program == "baclofen-constant"
-        assert after.therapy_state == DoseStatus.RUNNING  # therapy carries on
+        # The driver stopped the pump on COMMAND_STALE while no controller was there, a
+        # critical alarm the new controller hears (transient local): it holds therapy in
+        # ALARM until someone clears and resumes, and the pump stays stopped.
+        held = probe.wait_for(
+            lambda: (d := last(dose)) is not None and d.therapy_state == DoseStatus.ALARM and d,
+            what="the restarted controller holding on the driver's COMMAND_STALE",
+        )
+        assert "COMMAND_STALE" in held.detail
+        assert last(states).state == PumpState.IDLE
         kinds = [
             line.split(b'"k":"', 1)[1].split(b'"', 1)[0]
             for line in journal.read_bytes().splitlines()

@@ -103,6 +103,7 @@ class DoseLedger:
         self.bucket_s = bucket_s
         self.utc_offset_s = utc_offset_s
         self._window: deque[DeliveryBucket] = deque()
+        self._left_t1: float | None = None  # end of the last bucket that left the window
         self._days: dict[int, DayTotal] = {}
         self._open: tuple[float, float, dict[str, float], dict[str, float]] | None = None
         self._total_volume: list[float] = []
@@ -177,7 +178,7 @@ class DoseLedger:
 
     def _expire(self, t_s: float) -> None:
         while self._window and self._window[0].t1_s + WINDOW_S <= t_s:
-            self._window.popleft()
+            self._left_t1 = self._window.popleft().t1_s
 
     def _in_window(self, t_s: float) -> Iterable[Mapping[str, float]]:
         self._expire(t_s)
@@ -197,13 +198,22 @@ class DoseLedger:
                 parts[source].append(amount)
         return {source: math.fsum(values) for source, values in parts.items()}
 
-    def leaving(self, t_s: float) -> tuple[list[float], list[float]]:
+    def leaving(self, t_s: float) -> tuple[list[float], list[float], list[float]]:
         """When the closed buckets in the window at ``t_s`` leave it (time order, as they
-        were closed in time order) and the cumulative dose gone by each of those times."""
+        were closed in time order), the cumulative dose gone by each of those times, and the
+        time each bucket's delivery spans (s; from the end of the bucket before, or at most a
+        bucket before its first report)."""
         self._expire(t_s)
         times = [b.t1_s + WINDOW_S for b in self._window]
         gone = list(itertools.accumulate(b.total_dose_ug for b in self._window))
-        return times, gone
+        # A bucket's delivery began at the end of the one before (its t0 is its first report).
+        first = self._left_t1 if self._left_t1 is not None else -math.inf
+        starts = [first, *(b.t1_s for b in self._window)][: len(self._window)]
+        spans = [
+            b.t1_s - max(start, b.t0_s - self.bucket_s)
+            for b, start in zip(self._window, starts, strict=True)
+        ]
+        return times, gone, spans
 
     @property
     def total_volume_ul(self) -> float:

@@ -975,17 +975,18 @@ class TherapyEngine:
         what leaves matches what comes.
 
         The window counts a bucket until 24 h after its end, so it runs up to the oldest
-        bucket's dose above what was really delivered in the last 24 h. That much is allowed
-        here, so that ``max = basal + N × bolus`` lets all N boluses through; the hard limit
-        stays with the device volume limit of every command (:meth:`_desired`), which holds
-        the window itself at the maximum (at worst the end of such a bolus waits for the
-        oldest bucket to leave).
+        bucket's dose above what was really delivered in the last 24 h. Up to that bucket's
+        basal (never a bolus it holds) is allowed here, so that ``max = basal + N × bolus``
+        lets all N boluses through; the hard limit stays with the device volume limit of every
+        command (:meth:`_desired`), which holds the window itself at the maximum (at worst the
+        end of such a bolus waits for the oldest bucket to leave).
         """
         assert self._program is not None
         schedule = self._program.schedule
         limit = self.daily_limit_ug() * (1.0 + _REL_EPS)
         window_now = self._ledger.dose_24h_ug(t_s)
-        leaves, gone = self._ledger.leaving(t_s)
+        leaves, gone, spans = self._ledger.leaving(t_s)
+        top_rate_ug_per_s = schedule.max_dose_rate_ug_per_h / SECONDS_PER_HOUR
 
         def gone_by(t: float) -> float:  # dose left the window in (t_s, t]
             k = bisect.bisect_right(leaves, t)
@@ -994,7 +995,9 @@ class TherapyEngine:
         def fits(t0: float) -> bool:
             window = window_now + schedule.dose_ug(t_s, t0) - gone_by(t0)
             k0 = bisect.bisect_right(leaves, t0)
-            oldest = gone[k0] - gone_by(t0) if k0 < len(leaves) else 0.0
+            oldest = 0.0
+            if k0 < len(leaves):
+                oldest = min(gone[k0] - gone_by(t0), top_rate_ug_per_s * spans[k0])
             t1 = t0 + duration_s
             rise, before = 0.0, gone_by(t0)
             for k in range(bisect.bisect_right(leaves, t0), bisect.bisect_right(leaves, t1)):
