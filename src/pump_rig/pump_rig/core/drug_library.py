@@ -31,14 +31,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-import yaml
-
 from pump_rig.core.strict_yaml import (
     DEFAULT_SOURCE,
-    DuplicateKeyError,
     FieldError,
+    StrictDocParser,
+    key_text,
     kind_of,
-    load_strict_yaml,
     show_value,
 )
 
@@ -61,7 +59,6 @@ MAX_LIBRARY_TEXT_CHARS: Final = 256 * 1024
 MAX_SOURCE_CHARS: Final = 400
 
 _DRUG_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
-_PLAIN_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,60}\Z")
 
 _TOP_FIELDS: Final = ("version", "note", "drugs")
 _DRUG_FIELDS: Final = (
@@ -279,26 +276,15 @@ def default_drug_library_path() -> Path:
     return source_tree
 
 
-class _Parser:
-    """One parse: carries the source name so every error can name it."""
-
-    def __init__(self, source: str) -> None:
-        self._source = source
+class _Parser(StrictDocParser):
+    noun = "drug library"
+    max_chars = MAX_LIBRARY_TEXT_CHARS
 
     def _error(self, field: str, message: str) -> DrugLibraryError:
         return DrugLibraryError(field, message, source=self._source)
 
     def parse(self, text: str) -> DrugLibrary:
-        if not isinstance(text, str):
-            raise self._error("", f"drug library must be text (got {kind_of(text)})")
-        if len(text) > MAX_LIBRARY_TEXT_CHARS:
-            raise self._error(
-                "", f"text too long ({len(text)} chars, max {MAX_LIBRARY_TEXT_CHARS})"
-            )
-        doc = self._load_yaml(text)
-        if doc is None:
-            raise self._error("", "drug library is empty")
-        top = self._mapping(doc, "", _TOP_FIELDS)
+        top = self._mapping(self._load_document(text), "", _TOP_FIELDS)
         if "version" in top:
             self._version(top["version"])
         if "note" in top and not isinstance(top["note"], str):
@@ -318,37 +304,6 @@ class _Parser:
             drugs[name] = self._drug(name, entry)
         return DrugLibrary(drugs=drugs, source=self._source)
 
-    def _load_yaml(self, text: str) -> object:
-        try:
-            return load_strict_yaml(text)
-        except DuplicateKeyError as exc:
-            raise self._error(_key_text(exc.key), f"duplicate field (line {exc.line})") from exc
-        except yaml.MarkedYAMLError as exc:
-            where = ""
-            if exc.problem_mark is not None:
-                mark = exc.problem_mark
-                where = f" at line {mark.line + 1}, column {mark.column + 1}"
-            problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-            raise self._error("", f"YAML syntax error{where}: {problem}") from exc
-        except yaml.YAMLError as exc:
-            raise self._error("", f"YAML error: {' '.join(str(exc).split())}") from exc
-
-    def _mapping(self, value: object, path: str, known: tuple[str, ...]) -> dict[str, object]:
-        if not isinstance(value, Mapping):
-            what = "must be" if path else "drug library must be"
-            raise self._error(path, f"{what} a mapping of fields (got {kind_of(value)})")
-        out: dict[str, object] = {}
-        for key, item in value.items():
-            field = f"{path}.{_key_text(key)}" if path else _key_text(key)
-            if not isinstance(key, str):
-                raise self._error(field, f"field names must be text (got {kind_of(key)})")
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
-                raise self._error(field, f"unknown field ({hint})")
-            out[key] = item
-        return out
-
     def _version(self, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._error(
@@ -363,11 +318,11 @@ class _Parser:
     def _drug_name(self, key: object) -> str:
         if not isinstance(key, str):
             raise self._error(
-                f"drugs.{_key_text(key)}", f"drug names must be text (got {kind_of(key)})"
+                f"drugs.{key_text(key)}", f"drug names must be text (got {kind_of(key)})"
             )
         if not _DRUG_NAME_RE.match(key):
             raise self._error(
-                f"drugs.{_key_text(key)}",
+                f"drugs.{key_text(key)}",
                 "drug names must be lower case: a letter, then letters, digits, '-' or '_' "
                 "(at most 40)",
             )
@@ -495,13 +450,6 @@ def _is_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float
         return False
-
-
-def _key_text(key: object) -> str:
-    """A mapping key as it appears in a field path: plain names as they are, others quoted."""
-    if isinstance(key, str) and _PLAIN_KEY_RE.match(key):
-        return key
-    return show_value(key)
 
 
 def _unit_message(unit: object) -> str:

@@ -34,13 +34,11 @@ the same program keeps the patient's dose when a refill changes the concentratio
 
 from __future__ import annotations
 
-import difflib
 import enum
 import functools
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -58,11 +56,10 @@ from pump_rig.core.drug_library import (
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR
 from pump_rig.core.strict_yaml import (
     DEFAULT_SOURCE,
-    DuplicateKeyError,
     FieldError,
+    StrictDocParser,
     StrictLoader,
     kind_of,
-    load_strict_yaml,
     show_value,
 )
 
@@ -393,28 +390,28 @@ def load_program_file(
     return parse_program(text, source=source, max_rate_ul_per_h=max_rate_ul_per_h, library=library)
 
 
-class _Parser:
-    """One parse: carries the source name so every error can name it."""
+class _Parser(StrictDocParser):
+    noun = "program"
+    max_chars = MAX_PROGRAM_TEXT_CHARS
 
     def __init__(self, source: str, max_rate_ul_per_h: float, library: DrugLibrary) -> None:
-        self._source = source
+        super().__init__(source)
         self._max_rate_ul_per_h = max_rate_ul_per_h
         self._library = library
 
     def _error(self, field: str, message: str) -> ProgramError:
         return ProgramError(field, message, source=self._source)
 
+    def _unknown_field(self, key: str, known: tuple[str, ...]) -> str:
+        for wrong, right in _WRONG_UNITS:
+            if key.endswith(wrong):
+                fixed = key[: -len(wrong)] + right
+                if fixed in known:
+                    return f"wrong unit: the rig uses {fixed!r}"
+        return super()._unknown_field(key, known)
+
     def parse(self, text: str) -> TherapyProgram:
-        if not isinstance(text, str):
-            raise self._error("", f"program must be text (got {type(text).__name__})")
-        if len(text) > MAX_PROGRAM_TEXT_CHARS:
-            raise self._error(
-                "", f"program text too long ({len(text)} chars, max {MAX_PROGRAM_TEXT_CHARS})"
-            )
-        doc = self._load_yaml(text)
-        if doc is None:
-            raise self._error("", "program is empty")
-        top = self._mapping(doc, "", _TOP_FIELDS)
+        top = self._mapping(self._load_document(text), "", _TOP_FIELDS)
 
         # Structure first: a misspelt field is reported as such, not as a missing one.
         reservoir_raw = top.get("reservoir")
@@ -698,34 +695,6 @@ class _Parser:
             )
         return BolusPolicy(dose, duration_s, lockout_s, int(count_raw))
 
-    def _load_yaml(self, text: str) -> object:
-        try:
-            return load_strict_yaml(text)
-        except DuplicateKeyError as exc:
-            raise self._error(str(exc.key), f"duplicate field (line {exc.line})") from exc
-        except yaml.MarkedYAMLError as exc:
-            where = ""
-            if exc.problem_mark is not None:
-                mark = exc.problem_mark
-                where = f" at line {mark.line + 1}, column {mark.column + 1}"
-            raise self._error("", f"YAML syntax error{where}: {exc.problem}") from exc
-        except yaml.YAMLError as exc:
-            raise self._error("", f"YAML error: {exc}") from exc
-
-    def _mapping(self, value: object, path: str, known: tuple[str, ...]) -> dict[str, object]:
-        if not isinstance(value, Mapping):
-            what = "must be" if path else "program must be"
-            raise self._error(path, f"{what} a mapping of fields (got {kind_of(value)})")
-        out: dict[str, object] = {}
-        for key, item in value.items():
-            field = f"{path}.{key}" if path else str(key)
-            if not isinstance(key, str):
-                raise self._error(field, f"field names must be text (got {kind_of(key)})")
-            if key not in known:
-                raise self._error(field, _unknown_field_hint(key, known))
-            out[key] = item
-        return out
-
     def _text_field(self, value: object, field: str) -> str:
         if not isinstance(value, str):
             raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
@@ -771,14 +740,3 @@ class _Parser:
         if number <= 0:
             raise self._error(field, f"must be > 0 (got {show_value(value)})")
         return number
-
-
-def _unknown_field_hint(key: str, known: tuple[str, ...]) -> str:
-    for wrong, right in _WRONG_UNITS:
-        if key.endswith(wrong):
-            fixed = key[: -len(wrong)] + right
-            if fixed in known:
-                return f"wrong unit: the rig uses {fixed!r}"
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
-    return f"unknown field ({hint})"

@@ -17,10 +17,11 @@ error type.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Hashable
-from typing import Any, Final
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, Final
 
 import yaml
 
@@ -28,8 +29,10 @@ __all__ = [
     "DEFAULT_SOURCE",
     "DuplicateKeyError",
     "FieldError",
+    "StrictDocParser",
     "StrictLoader",
     "YamlNestingError",
+    "key_text",
     "kind_of",
     "load_strict_yaml",
     "show_value",
@@ -154,3 +157,73 @@ def show_value(value: object) -> str:
         return digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_PLAIN_KEY_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,60}\Z")
+
+
+def key_text(key: object) -> str:
+    """A mapping key as it appears in a field path: plain names as they are, others quoted."""
+    if isinstance(key, str) and _PLAIN_KEY_RE.match(key):
+        return key
+    return show_value(key)
+
+
+class StrictDocParser:
+    """What the parsers of the rig's hand-written documents share: one parse carries the
+    source name so every error names it; text is read with :func:`load_strict_yaml`, and
+    mappings have a fixed set of fields."""
+
+    noun: ClassVar[str]  # what the document is, for messages ("program")
+    max_chars: ClassVar[int]
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+
+    def _error(self, field: str, message: str) -> FieldError:
+        return FieldError(field, message, source=self._source)
+
+    def _load_document(self, text: object) -> object:
+        """The parsed text; a FieldError for anything but non-empty, parseable YAML text."""
+        if not isinstance(text, str):
+            raise self._error("", f"{self.noun} must be text (got {kind_of(text)})")
+        if len(text) > self.max_chars:
+            raise self._error(
+                "", f"{self.noun} text too long ({len(text)} chars, max {self.max_chars})"
+            )
+        try:
+            doc = load_strict_yaml(text)
+        except DuplicateKeyError as exc:
+            raise self._error(key_text(exc.key), f"duplicate field (line {exc.line})") from exc
+        except yaml.MarkedYAMLError as exc:
+            where = ""
+            if exc.problem_mark is not None:
+                mark = exc.problem_mark
+                where = f" at line {mark.line + 1}, column {mark.column + 1}"
+            problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+            raise self._error("", f"YAML syntax error{where}: {problem}") from exc
+        except yaml.YAMLError as exc:
+            raise self._error("", f"YAML error: {' '.join(str(exc).split())}") from exc
+        if doc is None:
+            raise self._error("", f"{self.noun} is empty")
+        return doc
+
+    def _mapping(self, value: object, path: str, known: tuple[str, ...]) -> dict[str, object]:
+        """``value`` as a mapping of fields, each one of ``known`` ("" path: the document)."""
+        if not isinstance(value, Mapping):
+            what = "must be" if path else f"{self.noun} must be"
+            raise self._error(path, f"{what} a mapping of fields (got {kind_of(value)})")
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            field = f"{path}.{key_text(key)}" if path else key_text(key)
+            if not isinstance(key, str):
+                raise self._error(field, f"field names must be text (got {kind_of(key)})")
+            if key not in known:
+                raise self._error(field, self._unknown_field(key, known))
+            out[key] = item
+        return out
+
+    def _unknown_field(self, key: str, known: tuple[str, ...]) -> str:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        return f"unknown field ({hint})"
