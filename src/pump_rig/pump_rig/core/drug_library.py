@@ -24,7 +24,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,17 +425,7 @@ class _Parser(StrictDocParser):
         return number
 
     def _source_text(self, value: object, field: str) -> str:
-        if not isinstance(value, str):
-            raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
-        text = value.strip()
-        if not text:
-            raise self._error(field, "must not be empty")
-        if len(text) > MAX_SOURCE_CHARS:
-            raise self._error(field, f"too long ({len(text)} chars, max {MAX_SOURCE_CHARS})")
-        # Sources go into refusal messages and logs: one printable line only.
-        if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in text):
-            raise self._error(field, "must be one line of printable text")
-        return text
+        return self._line_of_text(value, field, MAX_SOURCE_CHARS)
 
 
 # --- helpers ----------------------------------------------------------------------------------

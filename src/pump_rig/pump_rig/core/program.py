@@ -38,7 +38,6 @@ import enum
 import functools
 import math
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -696,17 +695,7 @@ class _Parser(StrictDocParser):
         return BolusPolicy(dose, duration_s, lockout_s, int(count_raw))
 
     def _text_field(self, value: object, field: str) -> str:
-        if not isinstance(value, str):
-            raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
-        text = value.strip()
-        if not text:
-            raise self._error(field, "must not be empty")
-        if len(text) > MAX_NAME_CHARS:
-            raise self._error(field, f"too long ({len(text)} chars, max {MAX_NAME_CHARS})")
-        # Names go into messages, logs and bag metadata: one printable line only.
-        if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in text):
-            raise self._error(field, f"must be one line of printable text (got {text!r})")
-        return text
+        return self._line_of_text(value, field, MAX_NAME_CHARS)
 
     def _drug(self, value: object) -> Drug:
         name = self._text_field(value, "drug").lower()

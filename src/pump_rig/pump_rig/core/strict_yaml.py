@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import unicodedata
 from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, Final
 
@@ -227,3 +228,17 @@ class StrictDocParser:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
         return f"unknown field ({hint})"
+
+    def _line_of_text(self, value: object, field: str, max_chars: int) -> str:
+        """``value`` stripped, as one non-empty printable line of at most ``max_chars`` (names
+        and sources go into messages, logs and bag metadata)."""
+        if not isinstance(value, str):
+            raise self._error(field, f"must be text (got {kind_of(value)} {show_value(value)})")
+        text = value.strip()
+        if not text:
+            raise self._error(field, "must not be empty")
+        if len(text) > max_chars:
+            raise self._error(field, f"too long ({len(text)} chars, max {max_chars})")
+        if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in text):
+            raise self._error(field, f"must be one line of printable text (got {text!r})")
+        return text
