@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pump_rig.cli.bench import bench_program_file
+from pump_rig.cli.bench import BENCH_SYRINGE_ID_MM, BENCH_SYRINGE_UL, bench_program_file
 from pump_rig.core.program import default_drug_library, parse_program
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR, Direction, PumpAction
 from pump_rig.core.stepper_emulator import StepperEmulator
@@ -35,7 +35,6 @@ from tests.core.therapy_fixtures import full_syringe
 T0 = float(calendar.timegm((2026, 1, 5, 0, 0, 0)))  # a Monday, 00:00 UTC
 DAYS = 30
 REPORT_S = 600.0  # the device's state is read at least this often
-SYRINGE_ID_MM = 21.59  # BD Plastipak 30 mL: a month of this program fits
 TOLERANCE = 5e-4  # 0.05 %, over the month
 DAY_TOLERANCE = 1e-3  # 0.1 %, any day
 
@@ -83,7 +82,7 @@ class Bench:
 
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
-    pump = full_syringe(SYRINGE_ID_MM, 30000.0, T0)
+    pump = full_syringe(BENCH_SYRINGE_ID_MM, BENCH_SYRINGE_UL, T0)
     lock = threading.Lock()
     holder: list[Bench] = []
     emulator = StepperEmulator(pump, pressure_source=lambda t_s: 1.5, seed=1)
@@ -92,7 +91,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     device.start()
     driver = StepperPumpDriver.open(str(tmp_path / "osp"), timeout_s=1.0)
     try:
-        driver.set_diameter(SYRINGE_ID_MM)
+        driver.set_diameter(BENCH_SYRINGE_ID_MM)
         holder.append(Bench(pump, lock, driver, T0))
         yield holder[0]
     finally:

@@ -37,11 +37,12 @@ def bench_program_file() -> Path:
 
 # The bench syringe holds what the month delivers (~15 mL): a full BD Plastipak 30 mL
 # (21.59 mm bore, New Era NE-1000 manual syringe table) instead of the demo's 10 mL.
-_SYRINGE_ID_MM = 21.59
+BENCH_SYRINGE_ID_MM = 21.59
+BENCH_SYRINGE_UL = 30000.0
 _BENCH_SYRINGE = [
-    Parameter("bench.inner_diameter_mm", Parameter.Type.DOUBLE, _SYRINGE_ID_MM),
-    Parameter("bench.syringe_volume_ul", Parameter.Type.DOUBLE, 30000.0),
-    Parameter("bench.loaded_volume_ul", Parameter.Type.DOUBLE, 30000.0),
+    Parameter("bench.inner_diameter_mm", Parameter.Type.DOUBLE, BENCH_SYRINGE_ID_MM),
+    Parameter("bench.syringe_volume_ul", Parameter.Type.DOUBLE, BENCH_SYRINGE_UL),
+    Parameter("bench.loaded_volume_ul", Parameter.Type.DOUBLE, BENCH_SYRINGE_UL),
 ]
 
 
@@ -125,7 +126,9 @@ def run_therapy_bench(args: argparse.Namespace) -> None:
                     *_BENCH_SYRINGE,
                 ],
                 "motor_driver": [
-                    Parameter("syringe_inner_diameter_mm", Parameter.Type.DOUBLE, _SYRINGE_ID_MM)
+                    Parameter(
+                        "syringe_inner_diameter_mm", Parameter.Type.DOUBLE, BENCH_SYRINGE_ID_MM
+                    )
                 ],
                 "dosing_controller": [
                     Parameter("journal_bucket_s", Parameter.Type.DOUBLE, 900.0),

@@ -83,7 +83,6 @@ class SimClock:
         self._held = False  # at the event _sim_a, waiting for a tick
         self._slow_until = sim_start_s  # end of the current slow window (<= anchor: none)
         self._holds: dict[str, float] = {}  # hold_slow key -> its end, in wall time
-        self._hold_until_wall = -math.inf  # the latest of them
         self._last = sim_start_s
         self._events: list[float] = []  # heap of pending event times, all > _last
         self._lock = threading.Lock()
@@ -101,7 +100,7 @@ class SimClock:
     def in_event_window(self) -> bool:
         """True while the clock runs at ``event_speed`` (as of the last reading)."""
         with self._lock:
-            return self._last < self._slow_until or self._monotonic() < self._hold_until_wall
+            return self._last < self._slow_until or self._monotonic() < self._hold_end()
 
     def hold_slow(self, wall_s: float, key: str = "hold") -> None:
         """Run at ``event_speed`` from now for up to ``wall_s`` of wall time, or until
@@ -114,7 +113,6 @@ class SimClock:
         with self._lock:
             self._reanchor()
             self._holds[key] = max(self._holds.get(key, -math.inf), self._wall_a + wall_s)
-            self._hold_until_wall = max(self._holds.values())
 
     def release_slow(self, key: str = "hold") -> None:
         """End the :meth:`hold_slow` of ``key`` early (the reaction came)."""
@@ -123,7 +121,10 @@ class SimClock:
                 return
             self._reanchor()
             del self._holds[key]
-            self._hold_until_wall = max(self._holds.values(), default=-math.inf)
+
+    def _hold_end(self) -> float:
+        """Wall time at which the last hold ends (-inf: none). Lock held."""
+        return max(self._holds.values(), default=-math.inf)
 
     def _reanchor(self) -> None:
         """Start a new linear piece at the current reading (before a change of rate). Lock
@@ -183,7 +184,8 @@ class SimClock:
             if elapsed <= 0.0:
                 return self._sim_a  # the wall clock went back: hold
             in_sim_window = self._sim_a < self._slow_until
-            holding = self._wall_a < self._hold_until_wall
+            hold_end = self._hold_end()
+            holding = self._wall_a < hold_end
             rate = self.event_speed if (in_sim_window or holding) else self.speed
             # Wall time at which this linear piece ends (the rate changes), if it does, and
             # the simulated time there (exactly the window's end when that ends it).
@@ -191,8 +193,8 @@ class SimClock:
             if in_sim_window:
                 piece_end = self._wall_a + (self._slow_until - self._sim_a) / rate
                 piece_end_sim = self._slow_until
-            if holding and (not in_sim_window or self._hold_until_wall > piece_end):
-                piece_end = self._hold_until_wall
+            if holding and (not in_sim_window or hold_end > piece_end):
+                piece_end = hold_end
                 piece_end_sim = self._sim_a + rate * (piece_end - self._wall_a)
             next_event = self._events[0] if self._events else math.inf
             event_wall = self._wall_a + (next_event - self._sim_a) / rate
@@ -205,19 +207,16 @@ class SimClock:
                 self._held = self.hold_until_tick and not tick
                 self._slow_until = max(self._slow_until, next_event + self.event_window_s)
                 if self.event_hold_wall_s > 0:
-                    hold_end = max(
+                    self._holds[EVENT_HOLD] = max(
                         self._holds.get(EVENT_HOLD, -math.inf), wall + self.event_hold_wall_s
                     )
-                    self._holds[EVENT_HOLD] = hold_end
-                    self._hold_until_wall = max(self._holds.values())
                 return next_event
             if wall < piece_end:
                 return self._sim_a + rate * elapsed
             # The slow piece ended before now: full speed again from its end.
             self._sim_a, self._wall_a = max(self._sim_a, piece_end_sim), piece_end
-            if self._sim_a >= self._slow_until and self._wall_a >= self._hold_until_wall:
+            if self._sim_a >= self._slow_until and self._wall_a >= self._hold_end():
                 continue
             # (rounding left one of them a hair short: it is over)
             self._slow_until = min(self._slow_until, self._sim_a)
             self._holds.clear()
-            self._hold_until_wall = -math.inf

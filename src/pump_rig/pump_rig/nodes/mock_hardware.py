@@ -246,7 +246,6 @@ class MockHardware(Node):
             hold_until_tick=self.publishes_clock,
         )
         self._lock = threading.Lock()
-        self._event_hold_wall_s = float(self.params.get("event_hold_wall_s"))
         self._pump_command = (False, 0.0)  # (running, rate) last seen
         # Until the pump first runs (the stack starting up, the first program), as after any
         # stop: the start-up's wall time then costs simulated seconds, not hours.
@@ -321,7 +320,7 @@ class MockHardware(Node):
                 self.clock.release_slow(_PUMP_HOLD)
                 self.clock.release_slow(EVENT_HOLD)
             else:
-                self.clock.hold_slow(self._event_hold_wall_s, _PUMP_HOLD)
+                self.clock.hold_slow(self.clock.event_hold_wall_s, _PUMP_HOLD)
 
     def _on_dose(self, msg: DoseStatus) -> None:
         if msg.next_change.sec or msg.next_change.nanosec:
