@@ -34,12 +34,9 @@ class DoseSource(enum.StrEnum):
     BRIDGE = "bridge"
 
 
-@dataclass(frozen=True)
-class DeliveryBucket:
-    """Volume pushed and dose that left the catheter tip in [t0, t1], by source."""
+class _BySource:
+    """Volume and dose by source (DoseSource values), and their totals."""
 
-    t0_s: float
-    t1_s: float
     volume_ul: Mapping[str, float]
     dose_ug: Mapping[str, float]
 
@@ -50,6 +47,16 @@ class DeliveryBucket:
     @property
     def total_volume_ul(self) -> float:
         return math.fsum(self.volume_ul.values())
+
+
+@dataclass(frozen=True)
+class DeliveryBucket(_BySource):
+    """Volume pushed and dose that left the catheter tip in [t0, t1], by source."""
+
+    t0_s: float
+    t1_s: float
+    volume_ul: Mapping[str, float]
+    dose_ug: Mapping[str, float]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -78,20 +85,12 @@ class DeliveryBucket:
 
 
 @dataclass
-class DayTotal:
+class DayTotal(_BySource):
     """One local day (``day`` = days since the epoch in the program's local time)."""
 
     day: int
     volume_ul: dict[str, float] = field(default_factory=dict)
     dose_ug: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def total_dose_ug(self) -> float:
-        return math.fsum(self.dose_ug.values())
-
-    @property
-    def total_volume_ul(self) -> float:
-        return math.fsum(self.volume_ul.values())
 
 
 class DoseLedger:
