@@ -27,7 +27,7 @@ from pump_rig.core.stepper_protocol import (
     encode_request,
 )
 from pump_rig.core.syringe_pump import PumpSnapshot
-from pump_rig.drivers.errors import (
+from pump_rig.core.pump_device import (
     DeviceDisconnected,
     DeviceProtocolError,
     DeviceRejected,

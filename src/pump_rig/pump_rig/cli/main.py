@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pump_rig.cli.client import RigUnreachableError
     from pump_rig.core.bag_recording import RecordingError
     from pump_rig.core.bag_report import ReportError
-    from pump_rig.drivers.errors import DeviceError
+    from pump_rig.core.pump_device import DeviceError
 
     try:
         COMMANDS[args.command](args)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from pump_rig.core.pump_device import DeviceState
 from pump_rig.core.pump_types import Direction
 
 PROTOCOL_VERSION = 1
@@ -78,13 +79,6 @@ class Command(enum.StrEnum):
     RUN = "RUN"
     STOP = "STP"
     STATUS = "STA"
-
-
-class DeviceState(enum.StrEnum):
-    IDLE = "IDLE"
-    RUNNING = "RUNNING"
-    STALLED = "STALLED"
-    FAULT = "FAULT"
 
 
 # ---- checksum ---------------------------------------------------------------------------------

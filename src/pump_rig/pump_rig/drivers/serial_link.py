@@ -15,31 +15,22 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import serial
 
-from pump_rig.drivers.errors import DeviceDisconnected, DeviceProtocolError, DeviceTimeout
+from pump_rig.core.pump_device import (
+    DeviceDisconnected,
+    DeviceProtocolError,
+    DeviceTimeout,
+    LinkStats,
+)
 
 DEFAULT_BAUD = 115200
 DEFAULT_TIMEOUT_S = 0.2
 MAX_LINE_BYTES = 1024
 _READ_SLICE_S = 0.01  # pyserial read timeout per call; the deadline is checked between calls
-
-
-@dataclass(frozen=True)
-class LinkStats:
-    """Counters since the link was created (they survive ``reopen``)."""
-
-    requests: int = 0  # request lines written (retries included)
-    replies: int = 0  # reply lines accepted
-    timeouts: int = 0  # transactions that ended without an accepted reply
-    protocol_errors: int = 0  # corrupted / malformed / over-long lines skipped
-    discarded_lines: int = 0  # well-formed lines that were not the awaited reply (stale)
-    last_rtt_s: float | None = None
-    mean_rtt_s: float | None = None
 
 
 Accept = Callable[[bytes], bool]

@@ -48,7 +48,7 @@ from pump_rig.core.stepper_protocol import (
     reply_command,
     trim_to_frame_start,
 )
-from pump_rig.drivers.errors import (
+from pump_rig.core.pump_device import (
     DeviceDisconnected,
     DeviceError,
     DeviceProtocolError,

@@ -23,7 +23,7 @@ from std_msgs.msg import Header
 
 from pump_rig.core.alarm_latch import Severity
 from pump_rig.core.drive_policy import DriveLimits, DrivePolicy, DriveTarget
-from pump_rig.drivers.errors import DeviceDisconnected, DeviceError
+from pump_rig.core.pump_device import DeviceDisconnected, DeviceError
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import DeviceStatus, StepperPumpDriver
 from pump_rig.nodes.contract import (
