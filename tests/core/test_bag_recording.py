@@ -65,6 +65,7 @@ def _write_run(path: Path, typestore: Any) -> None:
             flow_rate_ul_per_h=20.0,
             delivered_volume_ul=vol,
             syringe_remaining_ul=1000.0,
+            volume_resolution_ul=0.0,
             last_sequence=1,
             device="mock",
             detail="",

@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 from pump_rig.core.faults import FaultKind
+from pump_rig.core.pump_device import (
+    DeviceDisconnected,
+    DeviceProtocolError,
+    DeviceRejected,
+    DeviceTimeout,
+)
 from pump_rig.core.pump_types import Direction, PumpRunState
 from pump_rig.core.stepper_emulator import DEFAULT_IDENTITY, SerialFaultConfig, StepperEmulator
 from pump_rig.core.stepper_protocol import (
@@ -27,12 +33,6 @@ from pump_rig.core.stepper_protocol import (
     encode_request,
 )
 from pump_rig.core.syringe_pump import PumpSnapshot
-from pump_rig.core.pump_device import (
-    DeviceDisconnected,
-    DeviceProtocolError,
-    DeviceRejected,
-    DeviceTimeout,
-)
 from pump_rig.drivers.pty_device import PtySerialDevice
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import StepperPumpDriver
@@ -105,9 +105,11 @@ def idle_with_history(rig: Rig) -> DeviceStatus:
     driver.set_volume_limit(HISTORY_UL)
     driver.set_rate(MAX_RATE_UL_PER_H)
     driver.start()
-    wait_until(lambda: driver.status().state is DeviceState.IDLE, "the run to end at its limit")
+    wait_until(
+        lambda: driver.read_status().state is DeviceState.IDLE, "the run to end at its limit"
+    )
     driver.set_rate(120.0)
-    status = driver.status()
+    status = driver.read_status()
     ul_per_step = rig.pump.ul_per_step
     assert status.delivered_ul == on_wire(whole_steps(HISTORY_UL, ul_per_step) * ul_per_step)
     assert status.state is DeviceState.IDLE and status.limit_reached
@@ -125,7 +127,7 @@ def test_port_is_the_symlink_to_the_pty(rig: Rig) -> None:
 
 
 def test_identify(rig: Rig) -> None:
-    assert rig.driver.identify() == DEFAULT_IDENTITY
+    assert rig.driver.read_identity() == DEFAULT_IDENTITY
     stats = rig.driver.stats
     assert stats.requests >= 1 and stats.replies == 1
     assert stats.last_rtt_s is not None and stats.mean_rtt_s is not None
@@ -133,21 +135,21 @@ def test_identify(rig: Rig) -> None:
 
 def test_configure_run_status_stop(rig: Rig) -> None:
     driver = rig.driver
-    assert driver.set_diameter(14.43) == 14.43
+    assert driver.configure_syringe(14.43) == 14.43
     assert driver.set_rate(3600.0) == 3600.0
     assert driver.set_direction(Direction.INFUSE) is Direction.INFUSE
     assert driver.set_volume_limit(0.0) == 0.0
     driver.start()
-    status = driver.status()
+    status = driver.read_status()
     assert status.state is DeviceState.RUNNING
     assert status.direction is Direction.INFUSE
     assert status.rate_ul_per_h == 3600.0
     assert status.pressure_kpa == 1.5
     assert status.inner_diameter_mm == 14.43
     assert not status.limit_reached
-    wait_until(lambda: driver.status().delivered_ul > 0.02, "delivery to show up")
+    wait_until(lambda: driver.read_status().delivered_ul > 0.02, "delivery to show up")
     driver.stop()
-    status = driver.status()
+    status = driver.read_status()
     assert status.state is DeviceState.IDLE
     snap = rig.pump_snapshot()  # idle: the pump's counter no longer moves
     assert status.delivered_ul == on_wire(snap.delivered_ul)
@@ -168,7 +170,7 @@ def test_device_rejections_are_typed_with_their_code(rig: Rig) -> None:
     driver.set_rate(10.0)
     driver.start()
     with pytest.raises(DeviceRejected) as caught:
-        driver.set_diameter(10.0)
+        driver.configure_syringe(10.0)
     assert caught.value.code == ErrorCode.BUSY
 
 
@@ -189,7 +191,7 @@ def test_garbage_is_retried_and_never_yields_a_wrong_status(rig: Rig) -> None:
     good = failed = 0
     for _ in range(20):
         try:
-            status = rig.driver.status()
+            status = rig.driver.read_status()
         except (DeviceProtocolError, DeviceTimeout):
             failed += 1
             continue
@@ -205,12 +207,12 @@ def test_all_replies_corrupted_gives_a_protocol_error_after_bounded_retries(rig:
     rig.device.set_fault(FaultKind.SERIAL_GARBAGE, True)
     before = rig.driver.stats
     with pytest.raises(DeviceProtocolError, match="3 attempts"):
-        rig.driver.status()
+        rig.driver.read_status()
     after = rig.driver.stats
     assert after.requests - before.requests == 3
     assert after.replies == before.replies
     rig.device.clear_faults()
-    assert rig.driver.status() == expected
+    assert rig.driver.read_status() == expected
 
 
 def test_dropped_replies_time_out_but_the_command_ran_once(rig: Rig) -> None:
@@ -224,7 +226,7 @@ def test_dropped_replies_time_out_but_the_command_ran_once(rig: Rig) -> None:
     assert after.timeouts - before.timeouts == 3
     rig.device.clear_faults()
     # A timeout is not "not executed": the first RUN arrived; the retries were recognised.
-    assert rig.driver.status().state is DeviceState.RUNNING
+    assert rig.driver.read_status().state is DeviceState.RUNNING
     assert rig.pump.starts == 1
 
 
@@ -235,7 +237,7 @@ def test_some_dropped_replies_are_recovered_by_retry(rig: Rig) -> None:
     good = 0
     for _ in range(20):
         try:
-            assert rig.driver.status() == expected
+            assert rig.driver.read_status() == expected
             good += 1
         except DeviceTimeout:
             pass
@@ -247,11 +249,11 @@ def test_a_reply_late_by_one_retry_is_accepted_and_its_copy_discarded(rig: Rig) 
     expected = idle_with_history(rig)
     rig.configure_emulator(SerialFaultConfig(delay_s=0.08))
     rig.device.set_fault(FaultKind.SERIAL_DELAY, True)
-    assert rig.driver.status() == expected  # attempt 1's reply arrives during attempt 2
+    assert rig.driver.read_status() == expected  # attempt 1's reply arrives during attempt 2
     rig.device.clear_faults()
     # attempt 2 got the repeated reply too; it comes later and must be dropped as stale
     wait_until(
-        lambda: rig.driver.status() == expected and rig.driver.stats.discarded_lines >= 1,
+        lambda: rig.driver.read_status() == expected and rig.driver.stats.discarded_lines >= 1,
         "the late copy to be discarded",
     )
 
@@ -261,12 +263,12 @@ def test_replies_later_than_all_retries_are_never_taken_for_a_newer_answer(rig: 
     rig.configure_emulator(SerialFaultConfig(delay_s=0.3))
     rig.device.set_fault(FaultKind.SERIAL_DELAY, True)
     with pytest.raises(DeviceTimeout):
-        rig.driver.status()  # three status replies with rate 120 are still in flight
+        rig.driver.read_status()  # three status replies with rate 120 are still in flight
     rig.device.clear_faults()
     assert rig.driver.set_rate(77.0) == 77.0
 
     def newest_rate_and_all_stale_dropped() -> bool:
-        assert rig.driver.status().rate_ul_per_h == 77.0
+        assert rig.driver.read_status().rate_ul_per_h == 77.0
         return rig.driver.stats.discarded_lines >= 3
 
     wait_until(newest_rate_and_all_stale_dropped, "the stale replies to arrive")
@@ -309,7 +311,7 @@ def test_stale_and_mismatched_replies_are_skipped(tmp_path: Path) -> None:
         driver = StepperPumpDriver.open(device.port, timeout_s=TIMEOUT_S, first_seq=7)
         try:
             for _ in range(5):
-                status = driver.status()
+                status = driver.read_status()
                 assert status.delivered_ul == delivered_ul
                 assert status.direction is Direction.INFUSE
             assert driver.stats.discarded_lines >= 10  # more if a retry was needed
@@ -353,7 +355,7 @@ def test_a_request_damaged_on_the_way_in_is_resent_at_once() -> None:
             assert time.monotonic() - started < 4.0
             stats = driver.stats
             assert (stats.requests, stats.timeouts, stats.replies) == (2, 0, 1)
-            assert driver.status().rate_ul_per_h == 12.5  # SEQ wrapped 65535 -> 0
+            assert driver.read_status().rate_ul_per_h == 12.5  # SEQ wrapped 65535 -> 0
         finally:
             driver.close()
 
@@ -372,17 +374,17 @@ def test_unplug_mid_run_then_replug_via_the_symlink(rig: Rig) -> None:
     driver = rig.driver
     driver.set_rate(MAX_RATE_UL_PER_H)  # a microstep every ~1.5 ms: the counter shows progress
     driver.start()
-    before = driver.status().delivered_ul
+    before = driver.read_status().delivered_ul
     rig.device.set_fault(FaultKind.UNPLUG, True)
     assert not rig.link_path.exists()
     with pytest.raises(DeviceDisconnected):
-        driver.status()
+        driver.read_status()
     with pytest.raises(DeviceDisconnected, match="not found"):
         driver.reconnect()
     rig.device.set_fault(FaultKind.UNPLUG, False)
     assert rig.link_path.readlink() == Path(rig.device.slave_path)
     driver.reconnect()
-    status = driver.status()
+    status = driver.read_status()
     assert status.state is DeviceState.RUNNING  # the firmware kept going (watchdog off)
     assert status.delivered_ul > before
 
@@ -390,7 +392,7 @@ def test_unplug_mid_run_then_replug_via_the_symlink(rig: Rig) -> None:
 def test_a_closed_link_reports_disconnected(rig: Rig) -> None:
     rig.driver.close()
     with pytest.raises(DeviceDisconnected, match="not open"):
-        rig.driver.status()
+        rig.driver.read_status()
 
 
 def test_watchdog_stops_the_pump_when_the_host_goes_quiet(tmp_path: Path) -> None:
@@ -399,7 +401,7 @@ def test_watchdog_stops_the_pump_when_the_host_goes_quiet(tmp_path: Path) -> Non
         rig.driver.set_rate(100.0)
         rig.driver.start()
         wait_until(lambda: rig.pump_snapshot().state is PumpRunState.IDLE, "the watchdog")
-        status = rig.driver.status()
+        status = rig.driver.read_status()
         assert status.state is DeviceState.IDLE
         assert "WDOG" in status.flags
     finally:

@@ -91,7 +91,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     device.start()
     driver = StepperPumpDriver.open(str(tmp_path / "osp"), timeout_s=1.0)
     try:
-        driver.set_diameter(BENCH_SYRINGE_ID_MM)
+        driver.configure_syringe(BENCH_SYRINGE_ID_MM)
         holder.append(Bench(pump, lock, driver, T0))
         yield holder[0]
     finally:

@@ -155,7 +155,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="summarise a recorded bag")
     report.add_argument("bag", type=Path, metavar="BAG")
+
+    from pump_rig.drivers.backends import BACKENDS
+
+    emulate = sub.add_parser(
+        "emulate", help="a virtual pump on a pseudo-terminal, for any serial client (no ROS)"
+    )
+    emulate.add_argument(
+        "backend",
+        choices=sorted(BACKENDS),
+        metavar="BACKEND",
+        help="pump family: " + ", ".join(sorted(BACKENDS)),
+    )
+    emulate.add_argument(
+        "--link", type=Path, required=True, metavar="PATH", help="made a symlink to the pty"
+    )
+    emulate.add_argument(
+        "--diameter", type=_positive_float, metavar="MM", help="syringe inner diameter (14.43)"
+    )
+    emulate.add_argument(
+        "--fill", type=_positive_float, metavar="UL", help="volume in the syringe (10000)"
+    )
+    emulate.add_argument(
+        "--address", type=_address, default=0, help="network address, 0-99 (New Era; 0)"
+    )
+    emulate.add_argument("--safe-mode", action="store_true", help="start in Safe mode (New Era)")
+    emulate.add_argument("--seed", type=int, default=0, help="random seed of sensor noise")
     return parser
+
+
+def _address(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 99:
+        raise argparse.ArgumentTypeError(f"must be within 0-99 (got {value})")
+    return value
 
 
 # -- commands that talk to a running rig ---------------------------------------------------
@@ -403,6 +439,27 @@ def cmd_record(args: argparse.Namespace) -> None:
         rclpy.try_shutdown()
 
 
+def cmd_emulate(args: argparse.Namespace) -> None:
+    import threading
+
+    from pump_rig.cli.emulate import EmulateOptions, run_emulator
+
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    run_emulator(
+        EmulateOptions(
+            backend=args.backend,
+            link=args.link,
+            inner_diameter_mm=args.diameter,
+            loaded_volume_ul=args.fill,
+            address=args.address,
+            safe_mode=args.safe_mode,
+            seed=args.seed,
+        ),
+        stop,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from pump_rig.cli.demo import run_demo
 
@@ -423,6 +480,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "fault": cmd_fault,
     "record": cmd_record,
     "report": cmd_report,
+    "emulate": cmd_emulate,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pump_rig.core.pump_types import Direction
 
-# ---- typed errors -------------------------------------------------------------------------------
+# ---- typed errors ------------------------------------------------------------------------------
 
 
 class DeviceError(Exception):
@@ -60,7 +60,7 @@ class DeviceDisconnected(DeviceError):  # noqa: N818 - names fixed by the driver
     """The port is missing or vanished (unplugged, powered off, wrong path)."""
 
 
-# ---- values ---------------------------------------------------------------------------------------
+# ---- values ------------------------------------------------------------------------------------
 
 
 class DeviceState(enum.StrEnum):

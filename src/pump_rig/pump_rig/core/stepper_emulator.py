@@ -20,15 +20,14 @@ Firmware behaviour (documented in ``hardware/open_syringe_pump_protocol.md``):
 
 from __future__ import annotations
 
-import heapq
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from pump_rig.core.faults import FaultKind
 from pump_rig.core.pump_types import Direction, PumpRunState
+from pump_rig.core.serial_faults import SERIAL_BYTE_FAULTS, ReplyFaults, SerialFaultConfig
 from pump_rig.core.stepper_protocol import (
     FLAG_EMPTY,
     FLAG_LIMIT,
@@ -104,36 +103,12 @@ PressureSource = Callable[[float], float | None]
 
 DEFAULT_IDENTITY = DeviceIdentity(model="OSP-1", firmware="1.0.0", serial="OSP-EMU-0001")
 
-SERIAL_BYTE_FAULTS = frozenset(
-    {FaultKind.SERIAL_GARBAGE, FaultKind.SERIAL_DROP, FaultKind.SERIAL_DELAY}
-)
 
 _STATE_BY_RUN_STATE = {
     PumpRunState.IDLE: DeviceState.IDLE,
     PumpRunState.RUNNING: DeviceState.RUNNING,
     PumpRunState.STALLED: DeviceState.STALLED,
 }
-
-
-@dataclass(frozen=True)
-class SerialFaultConfig:
-    """How strong the serial faults are while active.
-
-    ``garbage_probability``: chance that a reply itself is corrupted under SERIAL_GARBAGE;
-    otherwise noise is only added around the intact reply.
-    """
-
-    delay_s: float = 0.5
-    drop_probability: float = 1.0
-    garbage_probability: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.delay_s) and self.delay_s >= 0.0):
-            raise ValueError(f"delay_s must be a finite number >= 0, got {self.delay_s!r}")
-        for name in ("drop_probability", "garbage_probability"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be within 0..1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -165,15 +140,11 @@ class StepperEmulator:
         self._pump = pump
         self._pressure_source = pressure_source
         self._identity = identity
-        self._rng = random.Random(seed)
-        self._fault_config = fault_config or SerialFaultConfig()
-        self._faults: set[FaultKind] = set()
+        self._faults = ReplyFaults(terminator=b"\n", seed=seed, config=fault_config)
         self._watchdog_s = watchdog_s
         self._dedupe_window_s = dedupe_window_s
         self._rx = bytearray()
         self._discarding = False  # inside an over-long line: drop bytes until its "\n"
-        self._delayed: list[tuple[float, int, bytes]] = []  # heap of (due_s, order, bytes)
-        self._order = 0
         self._last: _LastRequest | None = None
         self._last_valid_rx_s: float | None = None  # None: watchdog not armed
         self._watchdog_tripped = False
@@ -215,34 +186,25 @@ class StepperEmulator:
         """The host (re)connected: drop the partial line and replies still in flight."""
         self._rx.clear()
         self._discarding = False
-        self._delayed.clear()
+        self._faults.reset()
 
     # ---- faults -----------------------------------------------------------------------------
     def set_fault(self, kind: FaultKind, active: bool) -> None:
-        if kind not in SERIAL_BYTE_FAULTS:
-            raise ValueError(
-                f"{kind} is not a serial byte fault (UNPLUG belongs to the pty host, other "
-                f"kinds to the bench model); serial byte faults: "
-                f"{', '.join(sorted(k.value for k in SERIAL_BYTE_FAULTS))}"
-            )
-        if active:
-            self._faults.add(kind)
-        else:
-            self._faults.discard(kind)
+        self._faults.set_fault(kind, active)
 
     def clear_faults(self) -> None:
         self._faults.clear()
 
     def set_fault_config(self, config: SerialFaultConfig) -> None:
-        self._fault_config = config
+        self._faults.set_config(config)
 
     @property
     def active_faults(self) -> frozenset[FaultKind]:
-        return frozenset(self._faults)
+        return self._faults.active
 
     @property
     def fault_config(self) -> SerialFaultConfig:
-        return self._fault_config
+        return self._faults.config
 
     @property
     def watchdog_tripped(self) -> bool:
@@ -251,7 +213,7 @@ class StepperEmulator:
     @property
     def pending_replies(self) -> int:
         """Delayed replies not yet sent."""
-        return len(self._delayed)
+        return self._faults.pending
 
     # ---- firmware ---------------------------------------------------------------------------
     def _handle_line(self, line: bytes, t_s: float) -> bytes | None:
@@ -386,44 +348,10 @@ class StepperEmulator:
 
     # ---- reply path with faults -------------------------------------------------------------
     def _transmit(self, frame: bytes, t_s: float) -> bytes:
-        config = self._fault_config
-        if FaultKind.SERIAL_DROP in self._faults and self._rng.random() < config.drop_probability:
-            return b""
-        data = frame
-        if FaultKind.SERIAL_GARBAGE in self._faults:
-            data = self._garble(frame)
-        if FaultKind.SERIAL_DELAY in self._faults:
-            heapq.heappush(self._delayed, (t_s + config.delay_s, self._order, data))
-            self._order += 1
-            return b""
-        return data
-
-    def _garble(self, frame: bytes) -> bytes:
-        rng = self._rng
-        if rng.random() < self._fault_config.garbage_probability:
-            # Corrupt the frame itself: a few bytes changed or inserted before its "\n".
-            body = bytearray(frame[:-1])
-            for _ in range(rng.randint(1, 3)):
-                position = rng.randrange(len(body))
-                if rng.random() < 0.5:
-                    body[position] = (body[position] + rng.randrange(1, 256)) % 256
-                else:
-                    body.insert(position, rng.randrange(256))
-            return bytes(body) + b"\n"
-        noise = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
-        match rng.randrange(3):
-            case 0:
-                return noise + b"\n" + frame  # a junk line before the reply
-            case 1:
-                return noise + frame  # noise glued in front of the reply
-            case _:
-                return frame + noise + b"\n"  # a junk line after the reply
+        return self._faults.transmit(frame, t_s)
 
     def _pop_due(self, t_s: float) -> bytes:
-        out = bytearray()
-        while self._delayed and self._delayed[0][0] <= t_s:
-            out += heapq.heappop(self._delayed)[2]
-        return bytes(out)
+        return self._faults.due(t_s)
 
 
 def _reject(seq: int, code: ErrorCode, message: str) -> ErrorReply:

@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pump_rig.core.pump_device import DeviceState
+from pump_rig.core.crc16 import crc16_ccitt_false
+from pump_rig.core.pump_device import DeviceState as DeviceState  # re-exported: wire names
 from pump_rig.core.pump_types import Direction
 
 PROTOCOL_VERSION = 1
@@ -83,26 +84,9 @@ class Command(enum.StrEnum):
 
 # ---- checksum ---------------------------------------------------------------------------------
 
-
-def _crc16_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc16_table()
-
-
-def crc16_ccitt(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final XOR)."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[(crc >> 8) ^ byte]
-    return crc
+# CRC-16/CCITT-FALSE lives in core.crc16 (shared with the New Era codec's XMODEM variant);
+# ``crc16_ccitt`` stays importable from here under the name this protocol's document uses.
+crc16_ccitt = crc16_ccitt_false
 
 
 # ---- value types ------------------------------------------------------------------------------

@@ -245,6 +245,7 @@ class TherapyEngine:
         journal: DoseJournal | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        self._device_resolution_ul = 0.0  # as the device last reported it
         self.library = library
         self._journal = journal
         self._replaying = False
@@ -622,6 +623,19 @@ class TherapyEngine:
         if self._ledger.bucket_due(t_s):
             self._flush_bucket()
 
+    def on_device_resolution(self, resolution_ul: float) -> None:
+        """The device's own resolution (``PumpState.volume_resolution_ul``; 0 = not reported).
+        A coarser device (a New Era pump counts four significant digits) completes boluses
+        and bridges within its resolution instead of the configured one."""
+        if math.isfinite(resolution_ul) and resolution_ul >= 0.0:
+            self._device_resolution_ul = resolution_ul
+
+    @property
+    def resolution_ul(self) -> float:
+        """What a bolus or bridge may end short by: the configured or the device's, whichever
+        is coarser."""
+        return max(self.config.device_resolution_ul, self._device_resolution_ul)
+
     # --- outputs ----------------------------------------------------------------------------
 
     @property
@@ -715,7 +729,7 @@ class TherapyEngine:
         if not self._bridge or line is None:
             return None
         for run in line.segments:
-            if run.volume_ul > self.config.device_resolution_ul:
+            if run.volume_ul > self.resolution_ul:
                 return run if run.concentration_ug_per_ml > 0 else None
         return None
 
@@ -848,12 +862,12 @@ class TherapyEngine:
         self._device_total += volume_ul
         self._res_volume = max(0.0, self._res_volume - volume_ul)
         if bolus is not None and bolus.left_ul <= max(
-            bolus.volume_ul * _REL_EPS, self.config.device_resolution_ul
+            bolus.volume_ul * _REL_EPS, self.resolution_ul
         ):
             self._bolus = None
             self._record("bolus_done", src=bolus.source.value)
         if self._bridge and (
-            line.volume_until_concentration_ul(self._res_conc) <= self.config.device_resolution_ul
+            line.volume_until_concentration_ul(self._res_conc) <= self.resolution_ul
         ):
             self._bridge = False
             self._record("bridge_done")

@@ -14,12 +14,25 @@ its reply lost. Callers re-read ``status()`` rather than assume either way.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable
 
+from pump_rig.core.pump_device import (
+    DeviceAlarmKind,
+    DeviceDisconnected,
+    DeviceError,
+    DeviceProtocolError,
+    DeviceRejected,
+    DeviceTimeout,
+    LinkStats,
+    PumpIdentity,
+    PumpStatus,
+)
 from pump_rig.core.pump_types import Direction
 from pump_rig.core.stepper_protocol import (
+    FLAG_WATCHDOG,
     REPLY_START,
     SEQ_MODULUS,
     UNSEQUENCED_ERRORS,
@@ -48,14 +61,10 @@ from pump_rig.core.stepper_protocol import (
     reply_command,
     trim_to_frame_start,
 )
-from pump_rig.core.pump_device import (
-    DeviceDisconnected,
-    DeviceError,
-    DeviceProtocolError,
-    DeviceRejected,
-    DeviceTimeout,
-)
-from pump_rig.drivers.serial_link import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, LinkStats, SerialLink
+from pump_rig.core.syringe_pump import DEFAULT_MECHANICS, MechanicsSpec
+from pump_rig.drivers.serial_link import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, SerialLink
+
+BACKEND = "stepper"
 
 DEFAULT_RETRIES = 2
 
@@ -73,10 +82,14 @@ class StepperPumpDriver:
         *,
         retries: int = DEFAULT_RETRIES,
         first_seq: int | None = None,
+        mechanics: MechanicsSpec = DEFAULT_MECHANICS,
     ) -> None:
+        """``mechanics``: the pump's drive train, for the volume of one microstep (the
+        device's resolution); the firmware does not report it."""
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         self._link = link
+        self._mechanics = mechanics
         self._retries = retries
         # A random start keeps a restarted host from repeating the previous session's SEQ,
         # which the firmware would take for a retry of the same request.
@@ -96,23 +109,35 @@ class StepperPumpDriver:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         first_seq: int | None = None,
+        mechanics: MechanicsSpec = DEFAULT_MECHANICS,
     ) -> StepperPumpDriver:
         return cls(
             SerialLink.open(port, baud=baud, timeout_s=timeout_s),
             retries=retries,
             first_seq=first_seq,
+            mechanics=mechanics,
         )
 
-    # ---- commands -----------------------------------------------------------------------------
-    def identify(self) -> DeviceIdentity:
-        reply = self._call(Identify)
-        if not isinstance(reply, IdentityReply):
-            raise _unexpected(reply)
-        return reply.identity
+    # ---- the seam (core.pump_device.PumpDevice) ----------------------------------------------
+    def identify(self) -> PumpIdentity:
+        identity = self.read_identity()
+        return PumpIdentity(
+            backend=BACKEND,
+            model=identity.model,
+            firmware=identity.firmware,
+            serial=identity.serial,
+        )
 
-    def set_diameter(self, inner_diameter_mm: float) -> float:
+    def configure_syringe(self, inner_diameter_mm: float) -> float:
         """Set the syringe inner diameter; returns the value the device applied."""
         return self._set_value(lambda seq: SetDiameter(seq, inner_diameter_mm))
+
+    def status(self) -> PumpStatus:
+        return pump_status(self.read_status(), self._mechanics)
+
+    def clear_alarm(self) -> None:
+        """A stall or watchdog stop ends with the next command: a STP leaves the pump IDLE."""
+        self.stop()
 
     def set_rate(self, rate_ul_per_h: float) -> float:
         """Set the pumping rate (allowed while running); returns the applied rate."""
@@ -134,7 +159,15 @@ class StepperPumpDriver:
     def stop(self) -> None:
         self._call(Stop)
 
-    def status(self) -> DeviceStatus:
+    # ---- the firmware's own view -------------------------------------------------------------
+    def read_identity(self) -> DeviceIdentity:
+        reply = self._call(Identify)
+        if not isinstance(reply, IdentityReply):
+            raise _unexpected(reply)
+        return reply.identity
+
+    def read_status(self) -> DeviceStatus:
+        """The full STA reply (steps, flags, flow...), beyond what the seam carries."""
         reply = self._call(GetStatus)
         if not isinstance(reply, StatusReply):
             raise _unexpected(reply)
@@ -200,6 +233,34 @@ class StepperPumpDriver:
                 f"no reply to {what} after {attempts} attempts of "
                 f"{self._link.timeout_s * 1000:.0f} ms"
             )
+
+
+def pump_status(status: DeviceStatus, mechanics: MechanicsSpec) -> PumpStatus:
+    """The firmware's STA reply as the seam's ``PumpStatus``."""
+    alarm: DeviceAlarmKind | None = None
+    detail = ""
+    if status.state is DeviceState.STALLED:
+        alarm, detail = DeviceAlarmKind.STALLED, "plunger stalled while driven"
+    elif status.state is DeviceState.FAULT:
+        alarm, detail = DeviceAlarmKind.OTHER, "firmware stopped the motor (end of travel)"
+    elif FLAG_WATCHDOG in status.flags:
+        alarm, detail = DeviceAlarmKind.COMM_TIMEOUT, "the link watchdog stopped the pump"
+    resolution_ul = 0.0
+    if status.inner_diameter_mm is not None:
+        area_mm2 = math.pi * status.inner_diameter_mm**2 / 4.0
+        resolution_ul = area_mm2 * mechanics.mm_per_step  # 1 mm^3 = 1 µL
+    return PumpStatus(
+        state=status.state,
+        direction=status.direction,
+        rate_ul_per_h=status.rate_ul_per_h,
+        delivered_ul=status.delivered_ul,
+        remaining_ul=status.remaining_ul,
+        pressure_kpa=status.pressure_kpa,
+        limit_reached=status.limit_reached,
+        alarm=alarm,
+        detail=detail,
+        resolution_ul=resolution_ul,
+    )
 
 
 def _unexpected(reply: Reply) -> DeviceProtocolError:

@@ -106,7 +106,7 @@ def _engine_specs() -> list[ParamSpec]:
             "device_resolution_ul",
             d.device_resolution_ul,
             "Smallest volume the pump moves (one plunger step, µL); a bolus with no more than "
-            "this left is complete",
+            "this left is complete. A coarser resolution reported by the device wins",
             0.0,
             100.0,
             read_only=True,
@@ -252,6 +252,7 @@ class DosingController(Node):
         self._sequence = max(self._sequence, msg.last_sequence)
         if msg.state in (PumpState.DISCONNECTED,) or not self.started:
             return
+        self.engine.on_device_resolution(msg.volume_resolution_ul)
         self.engine.on_device_volume(
             stamp_to_s(msg.header.stamp) or now_s(self),
             msg.delivered_volume_ul,

@@ -54,8 +54,8 @@ from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
 from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
-from pump_rig.core.stepper_emulator import StepperEmulator
 from pump_rig.core.syringe_pump import PumpSnapshot
+from pump_rig.drivers.backends import BACKENDS, EmulatorOptions, find_backend
 from pump_rig.drivers.pty_device import ByteDevice, PtySerialDevice
 from pump_rig.nodes.contract import (
     NO_PUB_EVENTS,
@@ -87,7 +87,7 @@ class _EventReportingDevice:
     """The emulator as the pty host sees it, telling the clock of the pump's next self-stop
     after every exchange (the host calls it with the session lock held)."""
 
-    def __init__(self, emulator: StepperEmulator, report: Callable[[], None]) -> None:
+    def __init__(self, emulator: ByteDevice, report: Callable[[], None]) -> None:
         self._emulator = emulator
         self._report = report
 
@@ -110,7 +110,13 @@ class _EventReportingDevice:
         self._emulator.clear_faults()
 
     def reset_link(self) -> None:
-        self._emulator.reset_link()
+        reset = getattr(self._emulator, "reset_link", None)
+        if callable(reset):
+            reset()
+
+
+def _pressure_output(value: object) -> str | None:
+    return None if value in ("topic", "device") else f"must be 'topic' or 'device', got {value!r}"
 
 
 def not_before_s(stamp: TimeMsg) -> float:
@@ -211,6 +217,30 @@ class MockHardware(Node):
                     read_only=True,
                 ),
                 ParamSpec(
+                    "backend",
+                    "stepper",
+                    "Pump family the emulated device speaks: " + ", ".join(sorted(BACKENDS)),
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "address", 0, "Network address of the emulated pump", 0, 99, read_only=True
+                ),
+                ParamSpec(
+                    "safe_mode",
+                    False,
+                    "Emulated New Era pump starts in Safe mode (framed, CRC-checked messages)",
+                    read_only=True,
+                ),
+                ParamSpec(
+                    "pressure_output",
+                    "topic",
+                    "Where the line pressure sensor reports: 'topic' (its own node publishes "
+                    "'pressure') or 'device' (the emulated pump's firmware pressure channel, for "
+                    "motor_driver's publish_pressure; stepper backend only)",
+                    read_only=True,
+                    validator=_pressure_output,
+                ),
+                ParamSpec(
                     "port_link",
                     "",
                     "Path made a symlink to the emulated pump's pty ('' = /tmp/pump_rig/<ns>/pump)",
@@ -255,8 +285,22 @@ class MockHardware(Node):
         self.session = BenchSession(
             BenchModel(params, t0_s=t0), sample_period_s=sample_period_s, t0_s=t0
         )
-        self.emulator = StepperEmulator(
-            self.session, pressure_source=None, seed=int(self.params.get("seed"))
+        backend = find_backend(str(self.params.get("backend")))
+        self._pressure_on_device = self.params.get("pressure_output") == "device"
+        if self._pressure_on_device and not backend.has_pressure_channel:
+            raise ValueError(
+                f"pressure_output 'device': the {backend.name} backend has no pressure channel"
+            )
+        self._device_pressure_kpa: float | None = None  # the firmware's latest ADC reading
+        self._serial_faults: set[FaultKind] = set()
+        self.emulator: ByteDevice = backend.emulator(
+            EmulatorOptions(
+                pump=self.session,
+                pressure_source=self._firmware_pressure if self._pressure_on_device else None,
+                seed=int(self.params.get("seed")),
+                address=int(self.params.get("address")),
+                safe_mode=bool(self.params.get("safe_mode")),
+            )
         )
         link = str(self.params.get("port_link")) or default_port_link(self.get_namespace())
         Path(link).parent.mkdir(parents=True, exist_ok=True)
@@ -287,13 +331,18 @@ class MockHardware(Node):
         self.create_timer(1.0, self._publish_diagnostics, clock=wall)
         self._published_samples = 0
         self.get_logger().info(
-            f"mock pump on {self.port} (speed x{speed:g}, pressure every "
+            f"mock {backend.name} pump on {self.port} (speed x{speed:g}, pressure every "
             f"{self.session.sample_period_s:g} s sim)"
         )
 
     @property
     def port(self) -> str:
         return str(self.device.port)
+
+    def _firmware_pressure(self, t_s: float) -> float | None:
+        """The pump firmware's pressure channel: the sensor's latest sample (NaN = invalid,
+        None = no sample yet or a dropout). Called with ``self._lock`` held."""
+        return self._device_pressure_kpa
 
     def sim_now_s(self) -> float:
         return self.clock.now_s()
@@ -345,6 +394,11 @@ class MockHardware(Node):
                 self._report_pump_event()
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=s_to_stamp(t_s)))
+        if self._pressure_on_device:
+            if samples:
+                with self._lock:
+                    self._device_pressure_kpa = samples[-1][1]
+            return
         for t_sample, pressure_kpa in samples:
             if pressure_kpa is None:
                 continue  # dropout: the sensor sent nothing
@@ -365,6 +419,7 @@ class MockHardware(Node):
                 self.device.unplug()
             elif kind in SERIAL_FAULTS:
                 self.emulator.set_fault(kind, True)
+                self._serial_faults.add(kind)
             else:
                 self.session.inject_fault(t_s, kind, magnitude)
         message = f"injected {kind.value} at t={t_s:.3f} s"
@@ -377,6 +432,7 @@ class MockHardware(Node):
             t_s = self.clock.now_s()
             self.session.clear_faults(t_s)
             self.emulator.clear_faults()
+            self._serial_faults.clear()
             if not self.device.plugged:
                 self.device.replug()
         message = f"faults cleared at t={t_s:.3f} s"
@@ -425,7 +481,7 @@ class MockHardware(Node):
             snap = self.session.snapshot(t_s)
             pressure = self.session.line_pressure_kpa(t_s)
             faults = sorted(k.value for k in self.session.bench.active_faults)
-        faults += sorted(k.value for k in self.emulator.active_faults)
+        faults += sorted(k.value for k in self._serial_faults)
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if faults else DiagnosticStatus.OK,
             name=f"{self.get_fully_qualified_name()}: bench",

@@ -77,9 +77,22 @@ class PressureMonitor(Node):
                     3600.0,
                     read_only=True,
                 ),
+                ParamSpec(
+                    "sensor_fitted",
+                    True,
+                    "False on a rig with no line pressure transducer (e.g. a New Era pump without "
+                    "one): missing samples are then not a sensor fault, and occlusion detection "
+                    "is off until samples come (diagnostics say so)",
+                    read_only=True,
+                ),
                 *detector_param_specs(),
             ],
         )
+        self._sensor_fitted = bool(self.params.get("sensor_fitted"))
+        if not self._sensor_fitted:
+            self.get_logger().warning(
+                "sensor_fitted is false: no pressure samples expected, occlusion detection off"
+            )
         config_values = {
             field.name: self.params.get(f"detector.{field.name}")
             for field in dataclasses.fields(DetectorConfig)
@@ -117,7 +130,7 @@ class PressureMonitor(Node):
         self._handle(self.detector.update(t_s, pressure_kpa, pump_running=self._pump_running))
 
     def _check_timeout(self) -> None:
-        if not clock_valid(self):
+        if not clock_valid(self) or not self._sensor_fitted:
             return
         # The no-sample watchdog is about a dead sensor or publisher: with accelerated time, a
         # few milliseconds of jitter are many simulated seconds, so require wall time as well.
@@ -213,10 +226,16 @@ class PressureMonitor(Node):
         level = DiagnosticStatus.OK
         if last is not None and last.state != LineState.OK:
             level = DiagnosticStatus.ERROR if self._estop_engaged else DiagnosticStatus.WARN
+        message = last.state.name if last else "no samples yet"
+        if last is None and not self._sensor_fitted:
+            level, message = (
+                DiagnosticStatus.WARN,
+                "no pressure sensor fitted: occlusion detection off",
+            )
         status = DiagnosticStatus(
             level=level,
             name=f"{self.get_fully_qualified_name()}: line",
-            message=last.state.name if last else "no samples yet",
+            message=message,
             hardware_id="line_pressure_sensor",
             values=[
                 KeyValue(key="samples", value=str(self._samples)),

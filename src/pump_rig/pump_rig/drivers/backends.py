@@ -1,0 +1,89 @@
+"""Pump families the rig can drive, by the name the ``backend`` parameter takes.
+
+A family is a driver (``core.pump_device.PumpDevice``) and the byte-level emulator of the same
+device, so that every backend's real pyserial path runs against its emulator on a pty (mock
+hardware, ``pumprig emulate``, tests). Adding a family: its codec, emulator and driver
+modules, one ``Backend`` entry below and a profile in ``hardware/pumps/``; nothing else
+changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pump_rig.core.pump_device import DeviceError, PumpDevice
+from pump_rig.core.stepper_emulator import PressureSource, PumpMechanics
+from pump_rig.core.syringe_pump import DEFAULT_MECHANICS, MechanicsSpec
+from pump_rig.drivers.pty_device import ByteDevice
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """How to reach a device. ``baud`` 0 = the family's default."""
+
+    port: str
+    baud: int = 0
+    reply_timeout_s: float = 0.2
+    address: int = 0
+    safe_mode: bool = False
+    mechanics: MechanicsSpec = DEFAULT_MECHANICS
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """What an emulator drives (the plunger) and reports (a pressure channel, if fitted)."""
+
+    pump: PumpMechanics
+    pressure_source: PressureSource | None = None
+    seed: int = 0
+    address: int = 0
+    safe_mode: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    default_baud: int
+    has_pressure_channel: bool
+    open: Callable[[DeviceOptions], PumpDevice]
+    emulator: Callable[[EmulatorOptions], ByteDevice]
+
+
+def _open_stepper(options: DeviceOptions) -> PumpDevice:
+    from pump_rig.drivers.stepper_driver import StepperPumpDriver
+
+    return StepperPumpDriver.open(
+        options.port,
+        baud=options.baud or STEPPER.default_baud,
+        timeout_s=options.reply_timeout_s,
+        mechanics=options.mechanics,
+    )
+
+
+def _stepper_emulator(options: EmulatorOptions) -> ByteDevice:
+    from pump_rig.core.stepper_emulator import StepperEmulator
+
+    return StepperEmulator(options.pump, pressure_source=options.pressure_source, seed=options.seed)
+
+
+STEPPER = Backend(
+    name="stepper",
+    description="open stepper syringe pump (hardware/open_syringe_pump_protocol.md)",
+    default_baud=115200,
+    has_pressure_channel=True,
+    open=_open_stepper,
+    emulator=_stepper_emulator,
+)
+
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (STEPPER,)}
+
+
+def find_backend(name: str) -> Backend:
+    """The backend called ``name``; ``DeviceError`` naming the known ones otherwise."""
+    try:
+        return BACKENDS[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise DeviceError(f"unknown pump backend {name!r}; known backends: {known}") from None
