@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.pump-rig-deps
 BUILD_STAMP := install/.pump-rig-build
 RUN := tools/rig-env
-SRC_FILES := $(shell find src launch config -type f -not -name '*.pyc' 2>/dev/null)
+SRC_FILES := $(shell find src launch config hardware -type f -not -name '*.pyc' 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: help setup build demo test lint typecheck dockerlint pytest clean

@@ -1,5 +1,6 @@
-"""ament_python build of pump_rig. Launch files and config live at the repository top level
-(``launch/`` and ``config/``, symlinked here) and install into share/pump_rig."""
+"""ament_python build of pump_rig. Launch files, config and the hardware catalog live at the
+repository top level (``launch/``, ``config/``, ``hardware/``, symlinked here) and install into
+share/pump_rig."""
 
 from glob import glob
 
@@ -17,6 +18,9 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", [*glob("config/*.yaml"), "config/fastdds.xml"]),
         (f"share/{PACKAGE}/config/programs", glob("config/programs/*.yaml")),
+        (f"share/{PACKAGE}/hardware", [*glob("hardware/*.yaml"), *glob("hardware/*.md")]),
+        (f"share/{PACKAGE}/hardware/pumps", glob("hardware/pumps/*.yaml")),
+        (f"share/{PACKAGE}/hardware/udev", glob("hardware/udev/*.rules")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -413,11 +413,16 @@ class MockHardware(Node):
 
     def inject(self, kind: FaultKind, magnitude: float = 0.0) -> str:
         """Inject a fault now; returns a description. ValueError for an impossible request."""
+        if kind == FaultKind.UNPLUG:
+            # Not under the session lock: the pty thread takes it to finish an exchange.
+            self.device.unplug()
         with self._lock:
             t_s = self.clock.now_s()
             if kind == FaultKind.UNPLUG:
-                self.device.unplug()
+                pass
             elif kind in SERIAL_FAULTS:
+                if magnitude > 0.0:
+                    self._set_fault_strength(kind, magnitude)
                 self.emulator.set_fault(kind, True)
                 self._serial_faults.add(kind)
             else:
@@ -427,14 +432,28 @@ class MockHardware(Node):
         self.get_logger().warning(message)
         return message
 
+    def _set_fault_strength(self, kind: FaultKind, magnitude: float) -> None:
+        """Serial fault strength from the request's magnitude: the probability of a garbled
+        or dropped reply (0-1), or the delay of late replies in seconds."""
+        config = getattr(self.emulator, "fault_config", None)
+        if config is None:
+            raise ValueError(f"the {self.params.get('backend')} emulator has fixed fault strengths")
+        if kind is FaultKind.SERIAL_DELAY:
+            config = dataclasses.replace(config, delay_s=magnitude)
+        elif kind is FaultKind.SERIAL_DROP:
+            config = dataclasses.replace(config, drop_probability=min(1.0, magnitude))
+        elif kind is FaultKind.SERIAL_GARBAGE:
+            config = dataclasses.replace(config, garbage_probability=min(1.0, magnitude))
+        self.emulator.set_fault_config(config)  # type: ignore[attr-defined]
+
     def clear(self) -> str:
         with self._lock:
             t_s = self.clock.now_s()
             self.session.clear_faults(t_s)
             self.emulator.clear_faults()
             self._serial_faults.clear()
-            if not self.device.plugged:
-                self.device.replug()
+        if not self.device.plugged:
+            self.device.replug()  # not under the session lock (see inject)
         message = f"faults cleared at t={t_s:.3f} s"
         self._publish_fault(t_s, "all", False, 0.0, message)
         self.get_logger().info(message)

@@ -156,6 +156,8 @@ class MotorDriver(LifecycleNode):
         self._active = False
         self._stop_device("deactivated")
         self._applied = None
+        self._read_status()
+        self._publish_state()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -232,6 +234,8 @@ class MotorDriver(LifecycleNode):
         except DeviceError:
             driver.close()
             raise
+        # The hour's count starts from the counter as found, before anything runs.
+        self.hourly.record(now_s(self), status.delivered_ul)
         self._device = driver
         self._identity = identity
         self._diameter_mm = applied_mm
@@ -432,7 +436,11 @@ class MotorDriver(LifecycleNode):
                 f"{status.detail or 'device reports a fault'}",
                 lost=False,
             )
-        elif self.hourly.volume_ul(t_s) >= self.hourly.max_ul and self._hour_trip_sequence is None:
+        elif (
+            # Within one device step of the cap counts: a device stops on whole steps.
+            self.hourly.volume_ul(t_s) >= self.hourly.max_ul - status.resolution_ul
+            and self._hour_trip_sequence is None
+        ):
             self._hour_trip_sequence = self.policy.last_sequence
             self.policy.on_device_fault()
             self._set_condition(
