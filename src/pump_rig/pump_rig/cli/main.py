@@ -127,7 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["therapy"], help="therapy: 30 days through the stack")
+    bench.add_argument(
+        "what",
+        choices=["therapy", "serial"],
+        help="therapy: 30 days through the stack; serial: each backend's command round trip",
+    )
+    bench.add_argument(
+        "--backend", action="append", default=[], help="serial: only this backend (repeatable)"
+    )
+    bench.add_argument(
+        "--calls", type=int, default=500, help="serial: calls timed per figure (500)"
+    )
     bench.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
     bench.add_argument(
         "--speed", type=_positive_float, default=100000.0, help="simulated s per wall s (100000)"
@@ -308,6 +318,13 @@ def cmd_refill(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "serial":
+        from pump_rig.cli.bench_serial import run_serial_bench
+
+        if args.calls < 1:
+            raise CliError(f"--calls must be at least 1 (got {args.calls})")
+        run_serial_bench(args.backend, args.calls)
+        return
     from pump_rig.cli.bench import run_therapy_bench
 
     run_therapy_bench(args)
