@@ -50,22 +50,19 @@ def bench_backend(name: str, n: int) -> list[str]:
         runner.start()
         device: PumpDevice | None = None
         try:
-            device = backend.open(DeviceOptions(port=str(link), reply_timeout_s=0.5))
-            identity = device.identify()
-            device.stop()
-            device.configure_syringe(BENCH_DIAMETER_MM)
-            device.set_volume_limit(0.0)
-            device.set_rate(500.0)
-            device.start()
-            rates = [400.0 + (i % 7) for i in range(n)]
-            set_rate = iter(rates)
+            device = dev = backend.open(DeviceOptions(port=str(link), reply_timeout_s=0.5))
+            identity = dev.identify()
+            dev.stop()
+            dev.configure_syringe(BENCH_DIAMETER_MM)
+            dev.set_volume_limit(0.0)
+            dev.set_rate(500.0)
+            dev.start()
+            rates = iter([400.0 + (i % 7) for i in range(n)])
             lines = [f"{name}: {identity}"]
-            lines.append(_line("status()", _timed(device.status, n)))
-            lines.append(
-                _line("set_rate() running", _timed(lambda: device.set_rate(next(set_rate)), n))
-            )  # type: ignore[union-attr]
-            device.stop()
-            stats = device.stats
+            lines.append(_line("status()", _timed(dev.status, n)))
+            lines.append(_line("set_rate() running", _timed(lambda: dev.set_rate(next(rates)), n)))
+            dev.stop()
+            stats = dev.stats
             lines.append(
                 f"  link: {stats.requests} frames out, {stats.replies} replies, mean exchange "
                 f"{(stats.mean_rtt_s or 0.0) * 1000.0:.3f} ms, {stats.timeouts} timeouts, "
