@@ -71,3 +71,38 @@ def whole_steps(volume_ul: float, ul_per_step: float) -> int:
 def on_wire(value: float) -> float:
     """``value`` as the device reports it (``DECIMALS`` decimals)."""
     return float(f"{value:.{DECIMALS}f}")
+
+
+# ---- New Era NE-1000 (added for the ne1000 backend tests) ---------------------------------------
+
+NE1000_MAX_RATE_UL_PER_H = 2_000_000.0  # above the NE-1000's own ceiling for any diameter here
+
+
+class CountingNE1000Pump(CountingPump):
+    """``CountingPump`` on the NE-1000 emulator's drive train."""
+
+
+def make_ne1000_pump(
+    *, syringe_volume_ul: float = SYRINGE_UL, t0_s: float = 0.0
+) -> CountingNE1000Pump:
+    """A full syringe of ``DIAMETER_MM`` on ``NE1000_MECHANICS``, idle, rate 0, infusing."""
+    from pump_rig.core.ne1000_emulator import NE1000_MECHANICS
+
+    return CountingNE1000Pump(
+        inner_diameter_mm=DIAMETER_MM,
+        syringe_volume_ul=syringe_volume_ul,
+        loaded_volume_ul=syringe_volume_ul,
+        max_rate_ul_per_h=NE1000_MAX_RATE_UL_PER_H,
+        mechanics=NE1000_MECHANICS,
+        t0_s=t0_s,
+    )
+
+
+def ne1000_display(volume_ul: float, units_ul: float = 1.0) -> float:
+    """``volume_ul`` as a DIS counter shows it (4 digits, cut), back in µL."""
+    from decimal import Decimal
+
+    from pump_rig.core.ne1000_protocol import Rounding, format_number
+
+    shown = format_number(Decimal(repr(volume_ul)) / Decimal(repr(units_ul)), Rounding.DOWN)
+    return float(shown.value * Decimal(repr(units_ul)))

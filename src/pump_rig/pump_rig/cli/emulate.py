@@ -64,6 +64,7 @@ class EmulatedPump:
                 seed=options.seed,
                 address=options.address,
                 safe_mode=options.safe_mode,
+                t0_s=t0,
             )
         )
         options.link.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ class EmulatorOptions:
     seed: int = 0
     address: int = 0
     safe_mode: bool = False
+    t0_s: float = 0.0  # the emulator's power-up time (simulation time)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,40 @@ STEPPER = Backend(
     emulator=_stepper_emulator,
 )
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (STEPPER,)}
+def _open_ne1000(options: DeviceOptions) -> PumpDevice:
+    from pump_rig.drivers.ne1000_driver import DEFAULT_BAUD, NE1000Driver
+
+    return NE1000Driver.open(
+        options.port,
+        baud=options.baud or DEFAULT_BAUD,
+        timeout_s=options.reply_timeout_s,
+        address=options.address,
+        safe_mode=options.safe_mode,
+    )
+
+
+def _ne1000_emulator(options: EmulatorOptions) -> ByteDevice:
+    from pump_rig.core.ne1000_emulator import NE1000Emulator
+
+    return NE1000Emulator(
+        options.pump,
+        address=options.address,
+        seed=options.seed,
+        safe_mode=options.safe_mode,
+        t0_s=options.t0_s,
+    )
+
+
+NE1000 = Backend(
+    name="ne1000",
+    description="New Era NE-1000 family syringe pump (hardware/new_era_ne1000.md)",
+    default_baud=19200,
+    has_pressure_channel=False,
+    open=_open_ne1000,
+    emulator=_ne1000_emulator,
+)
+
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (NE1000, STEPPER)}
 
 
 def find_backend(name: str) -> Backend:

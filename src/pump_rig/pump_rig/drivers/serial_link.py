@@ -1,9 +1,23 @@
-"""Line-oriented request/reply transport over pyserial.
+"""Request/reply transport over pyserial, for line- or packet-framed protocols.
 
-One request line out, reply lines in until one is accepted. Lines the caller's ``accept``
+One request out, reply frames in until one is accepted. Frames the caller's ``accept``
 refuses (stale replies) or marks as corrupted are skipped and counted, so a late or garbled
-line is never taken as the answer. OS-level failures (port vanished: EIO, SerialException)
+frame is never taken as the answer. OS-level failures (port vanished: EIO, SerialException)
 become ``DeviceDisconnected``; the link then stays closed until ``reopen()``.
+
+How received bytes split into frames is the link's ``Framing``:
+
+* ``LineFraming`` (default): ``"\n"``-terminated lines, ``"\r"`` stripped, empty lines
+  ignored (the open stepper pump). A frame is the line without its terminator.
+* ``StxEtxFraming``: ``STX ... ETX`` packets whose body never holds STX/ETX (New Era Basic
+  mode replies). Bytes outside packets and packets cut short by a new STX are skipped.
+* ``LengthPrefixedFraming``: ``STX <length> ... <CRC hi> <CRC lo> ETX`` packets (New Era Safe
+  mode). Length-aware, because CRC bytes may equal ETX or STX; a packet is only taken when its
+  length, ETX and CRC all agree, so a corrupted length byte cannot swallow the frames after
+  it.
+
+Packet framings hand over the whole packet, STX to ETX, for the codec to check again.
+Skipped bytes count as protocol errors (``LinkStats.protocol_errors``).
 
 Timeouts here are real (wall-clock, ``time.monotonic``) time: they bound waiting on an OS
 device, unlike the simulation time the core works in.
@@ -16,7 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import serial
 
@@ -34,6 +48,220 @@ _READ_SLICE_S = 0.01  # pyserial read timeout per call; the deadline is checked 
 
 
 Accept = Callable[[bytes], bool]
+STX = 0x02
+ETX = 0x03
+MAX_PACKET_BYTES = 258  # STX + length byte (<= 255 bytes follow it) + slack
+
+
+# ---- framing ------------------------------------------------------------------------------------
+
+
+class Deframer(Protocol):
+    """Splits a received byte stream into frames. One per link; not thread-safe."""
+
+    def push(self, data: bytes) -> None:
+        """Append received bytes."""
+        ...
+
+    def pop(self) -> bytes | None:
+        """The next complete frame, or None until more bytes arrive."""
+        ...
+
+    def take_errors(self) -> int:
+        """Junk runs / malformed or over-long frames skipped since the last call."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything buffered (partial frame included)."""
+        ...
+
+
+class Framing(Protocol):
+    """A way of cutting a byte stream into frames (makes one ``Deframer`` per link)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def deframer(self) -> Deframer: ...
+
+
+class LineFraming:
+    """``"\n"``-terminated lines (``"\r"`` stripped, blank lines ignored)."""
+
+    name = "line"
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+
+    def deframer(self) -> Deframer:
+        return _LineDeframer(self.max_line_bytes)
+
+
+class _LineDeframer:
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max = max_line_bytes
+        self._rx = bytearray()
+        self._discarding = False  # inside an over-long line: drop bytes until its "\n"
+        self._errors = 0
+
+    def push(self, data: bytes) -> None:
+        self._rx += data
+        if b"\n" not in self._rx and len(self._rx) > self._max:
+            # No device line is this long: drop it up to its terminator.
+            self._errors += 1
+            self._rx.clear()
+            self._discarding = True
+
+    def pop(self) -> bytes | None:
+        while True:
+            newline = self._rx.find(b"\n")
+            if newline < 0:
+                return None
+            line = bytes(self._rx[:newline]).rstrip(b"\r")
+            del self._rx[: newline + 1]
+            if self._discarding:
+                self._discarding = False
+                continue
+            if len(line) > self._max:
+                self._errors += 1
+                continue
+            if line.strip():
+                return line  # empty lines are line noise, not replies
+
+    def take_errors(self) -> int:
+        errors, self._errors = self._errors, 0
+        return errors
+
+    def reset(self) -> None:
+        self._rx.clear()
+        self._discarding = False
+
+
+class StxEtxFraming:
+    """``STX body ETX`` packets; the body never contains STX or ETX."""
+
+    name = "stx-etx"
+
+    def __init__(self, max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
+        self.max_packet_bytes = max_packet_bytes
+
+    def deframer(self) -> Deframer:
+        return _StxEtxDeframer(self.max_packet_bytes)
+
+
+class _PacketDeframer:
+    def __init__(self, max_packet_bytes: int) -> None:
+        self._max = max_packet_bytes
+        self._rx = bytearray()
+        self._errors = 0
+
+    def push(self, data: bytes) -> None:
+        self._rx += data
+
+    def take_errors(self) -> int:
+        errors, self._errors = self._errors, 0
+        return errors
+
+    def reset(self) -> None:
+        self._rx.clear()
+
+    def _skip_to_stx(self) -> bool:
+        """Drop bytes before the first STX (counted once per junk run); False: no STX."""
+        start = self._rx.find(STX)
+        if start < 0:
+            if self._rx:
+                self._errors += 1
+                self._rx.clear()
+            return False
+        if start > 0:
+            self._errors += 1
+            del self._rx[:start]
+        return True
+
+
+class _StxEtxDeframer(_PacketDeframer):
+    def pop(self) -> bytes | None:
+        while self._skip_to_stx():
+            end = self._rx.find(ETX, 1)
+            restart = self._rx.find(STX, 1)
+            if restart > 0 and (end < 0 or restart < end):
+                self._errors += 1  # a packet cut short: a new one starts before its ETX
+                del self._rx[:restart]
+                continue
+            if end < 0:
+                if len(self._rx) > self._max:
+                    self._errors += 1
+                    del self._rx[:1]
+                    continue
+                return None
+            frame = bytes(self._rx[: end + 1])
+            del self._rx[: end + 1]
+            return frame
+        return None
+
+
+class LengthPrefixedFraming:
+    """``STX <length> <data> <CRC hi> <CRC lo> ETX``; ``length`` counts the bytes after STX.
+
+    ``crc(data)`` is the packet checksum (New Era: CRC-16/XMODEM over the data). A packet is
+    taken only when its ETX sits where its length says and its CRC matches.
+    """
+
+    name = "length-prefixed"
+    MIN_LENGTH = 4  # length byte + CRC (2) + ETX: an empty data field
+
+    def __init__(self, crc: Callable[[bytes], int]) -> None:
+        self.crc = crc
+
+    def deframer(self) -> Deframer:
+        return _LengthDeframer(self.crc)
+
+
+class _LengthDeframer(_PacketDeframer):
+    def __init__(self, crc: Callable[[bytes], int]) -> None:
+        super().__init__(MAX_PACKET_BYTES)
+        self._crc = crc
+
+    def _valid_at(self, start: int) -> bool | None:
+        """Is there a valid packet at ``start``? None: not enough bytes to tell yet."""
+        rx = self._rx
+        if len(rx) < start + 2:
+            return None
+        length = rx[start + 1]
+        if length < LengthPrefixedFraming.MIN_LENGTH:
+            return False
+        end = start + length  # index of the ETX
+        if len(rx) <= end:
+            return None
+        if rx[end] != ETX:
+            return False
+        data = bytes(rx[start + 2 : end - 2])
+        return int.from_bytes(rx[end - 2 : end], "big") == self._crc(data)
+
+    def pop(self) -> bytes | None:
+        while self._skip_to_stx():
+            valid = self._valid_at(0)
+            if valid is True:
+                end = self._rx[1]
+                frame = bytes(self._rx[: end + 1])
+                del self._rx[: end + 1]
+                return frame
+            if valid is False:
+                self._errors += 1
+                del self._rx[:1]  # not a packet start after all: look for the next STX
+                continue
+            # Incomplete. Its length byte may be corrupted (too long): a complete, valid
+            # packet further on means this one was junk.
+            later = self._rx.find(STX, 1)
+            while later > 0:
+                if self._valid_at(later) is True:
+                    self._errors += 1
+                    del self._rx[:later]
+                    break
+                later = self._rx.find(STX, later + 1)
+            else:
+                return None
+        return None
 
 
 class SerialLink:
@@ -46,6 +274,7 @@ class SerialLink:
         baud: int = DEFAULT_BAUD,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         exclusive: bool = True,
+        framing: Framing | None = None,
     ) -> None:
         """Prefer ``SerialLink.open``; this constructor opens the port too."""
         _check_timeout(timeout_s)
@@ -54,8 +283,8 @@ class SerialLink:
         self._timeout_s = timeout_s
         self._exclusive = exclusive
         self._serial: Any = None
-        self._rx = bytearray()
-        self._discarding = False
+        self._framing: Framing = framing if framing is not None else LineFraming()
+        self._deframer = self._framing.deframer()
         self._requests = 0
         self._replies = 0
         self._timeouts = 0
@@ -73,9 +302,10 @@ class SerialLink:
         baud: int = DEFAULT_BAUD,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         exclusive: bool = True,
+        framing: Framing | None = None,
     ) -> SerialLink:
         """Open ``port`` (8N1). Missing port -> ``DeviceDisconnected`` saying so."""
-        return cls(port, baud=baud, timeout_s=timeout_s, exclusive=exclusive)
+        return cls(port, baud=baud, timeout_s=timeout_s, exclusive=exclusive, framing=framing)
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -89,6 +319,15 @@ class SerialLink:
     @property
     def is_open(self) -> bool:
         return self._serial is not None
+
+    @property
+    def framing(self) -> Framing:
+        return self._framing
+
+    def set_framing(self, framing: Framing) -> None:
+        """Cut replies from now on with ``framing`` (bytes buffered so far are dropped)."""
+        self._framing = framing
+        self._deframer = framing.deframer()
 
     @property
     def stats(self) -> LinkStats:
@@ -124,7 +363,7 @@ class SerialLink:
         self.write(request)
         self._requests += 1
         while True:
-            line = self._read_line(deadline)
+            line = self._read_frame(deadline)
             if line is None:
                 self._timeouts += 1
                 raise DeviceTimeout(
@@ -156,19 +395,37 @@ class SerialLink:
             self._lost(exc)
 
     def read_line(self, *, timeout_s: float | None = None) -> bytes:
-        """The next non-empty line (terminator removed) or ``DeviceTimeout``."""
+        """The next non-empty line (terminator removed) or ``DeviceTimeout``.
+
+        With a packet framing: the next packet (``read_frame`` says so by its name)."""
         timeout = self._timeout_s if timeout_s is None else timeout_s
         _check_timeout(timeout)
-        line = self._read_line(time.monotonic() + timeout)
+        line = self._read_frame(time.monotonic() + timeout)
         if line is None:
             raise DeviceTimeout(f"no line from {self._port} within {timeout * 1000:.0f} ms")
         return line
 
+    read_frame = read_line
+
+    def poll_frame(self, timeout_s: float = 0.0) -> bytes | None:
+        """The next frame if one arrives within ``timeout_s`` (0: only what is here), else
+        None. Nothing is counted: the caller says what the frame was."""
+        if not (math.isfinite(timeout_s) and timeout_s >= 0.0):
+            raise ValueError(f"timeout_s must be a finite number >= 0, got {timeout_s!r}")
+        return self._read_frame(time.monotonic() + timeout_s)
+
+    def count_discarded(self, frames: int = 1) -> None:
+        """Count frames the caller took off the link and set aside as not its answer."""
+        self._discarded += frames
+
+    def count_protocol_errors(self, frames: int = 1) -> None:
+        """Count frames the caller took off the link and found corrupted."""
+        self._protocol_errors += frames
+
     def reset_input(self) -> None:
         """Forget everything received so far (OS buffer and partial line)."""
         port = self._require_open()
-        self._rx.clear()
-        self._discarding = False
+        self._deframer.reset()
         try:
             port.reset_input_buffer()
         except (serial.SerialException, OSError) as exc:
@@ -182,8 +439,7 @@ class SerialLink:
 
     def close(self) -> None:
         port, self._serial = self._serial, None
-        self._rx.clear()
-        self._discarding = False
+        self._deframer.reset()
         if port is not None:
             # Closing a vanished port may fail; it is closed either way.
             with contextlib.suppress(serial.SerialException, OSError):
@@ -217,8 +473,7 @@ class SerialLink:
             hint = " (is the user in the dialout group?)" if "ermission" in str(exc) else ""
             raise DeviceDisconnected(f"cannot open serial port {self._port}: {exc}{hint}") from exc
         self._serial = port
-        self._rx.clear()
-        self._discarding = False
+        self._deframer.reset()
         try:
             port.reset_input_buffer()  # bytes from before we opened answer nobody
         except (serial.SerialException, OSError) as exc:
@@ -233,35 +488,17 @@ class SerialLink:
         self.close()
         raise DeviceDisconnected(f"serial port {self._port} disconnected: {exc}") from exc
 
-    def _read_line(self, deadline: float) -> bytes | None:
+    def _read_frame(self, deadline: float) -> bytes | None:
+        deframer = self._deframer
         while True:
-            line = self._pop_line()
-            if line is not None:
-                return line
+            frame = deframer.pop()
+            self._protocol_errors += deframer.take_errors()
+            if frame is not None:
+                return frame
             if time.monotonic() >= deadline:
                 return None
-            self._rx += self._read_chunk()
-            if b"\n" not in self._rx and len(self._rx) > MAX_LINE_BYTES:
-                # No device line is this long: drop it up to its terminator.
-                self._protocol_errors += 1
-                self._rx.clear()
-                self._discarding = True
-
-    def _pop_line(self) -> bytes | None:
-        while True:
-            newline = self._rx.find(b"\n")
-            if newline < 0:
-                return None
-            line = bytes(self._rx[:newline]).rstrip(b"\r")
-            del self._rx[: newline + 1]
-            if self._discarding:
-                self._discarding = False
-                continue
-            if len(line) > MAX_LINE_BYTES:
-                self._protocol_errors += 1
-                continue
-            if line.strip():
-                return line  # empty lines are line noise, not replies
+            deframer.push(self._read_chunk())
+            self._protocol_errors += deframer.take_errors()
 
     def _read_chunk(self) -> bytes:
         port = self._require_open()

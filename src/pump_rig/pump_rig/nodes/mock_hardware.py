@@ -300,6 +300,7 @@ class MockHardware(Node):
                 seed=int(self.params.get("seed")),
                 address=int(self.params.get("address")),
                 safe_mode=bool(self.params.get("safe_mode")),
+                t0_s=t0,
             )
         )
         link = str(self.params.get("port_link")) or default_port_link(self.get_namespace())

@@ -436,10 +436,11 @@ class MotorDriver(LifecycleNode):
                 f"{status.detail or 'device reports a fault'}",
                 lost=False,
             )
-        elif (
-            # Within one device step of the cap counts: a device stops on whole steps.
+        elif self._hour_trip_sequence is None and (
+            # Within one device step of the cap counts: a device stops on whole steps...
             self.hourly.volume_ul(t_s) >= self.hourly.max_ul - status.resolution_ul
-            and self._hour_trip_sequence is None
+            # ...and so does a run the device ended at the hour's budget it was given.
+            or self._stopped_at_hourly_budget(status)
         ):
             self._hour_trip_sequence = self.policy.last_sequence
             self.policy.on_device_fault()
@@ -451,6 +452,13 @@ class MotorDriver(LifecycleNode):
                 f"the driver's cap is {self.hourly.max_ul:g} µL per hour",
             )
             self._apply()
+
+    def _stopped_at_hourly_budget(self, status: PumpStatus) -> bool:
+        run = self._applied
+        if run is None or not run.target.running or status.running or not status.limit_reached:
+            return False
+        asked = run.target.volume_limit_ul
+        return run.device_limit_ul > 0.0 and (asked <= 0.0 or run.device_limit_ul < asked)
 
     def _stalled(self, reason: str) -> None:
         self._stall_sequence = self.policy.last_sequence
