@@ -78,6 +78,7 @@ STEPPER = Backend(
     emulator=_stepper_emulator,
 )
 
+
 def _open_ne1000(options: DeviceOptions) -> PumpDevice:
     from pump_rig.drivers.ne1000_driver import DEFAULT_BAUD, NE1000Driver
 
