@@ -9,7 +9,7 @@ import math
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pump_rig.core.crc16 import crc16_xmodem
@@ -194,6 +194,9 @@ class DigitLiar:
         max_size=8,
     )
 )
+# Found by this test: the same digit lied in two consecutive replies (the RAT query and its
+# confirmation) once passed as the pump's rate.
+@example(plan={3: (0, 1), 4: (0, 1)})
 def test_basic_mode_driver_never_reports_a_lied_delivered_volume(
     tmp_path_factory: pytest.TempPathFactory, plan: dict[int, tuple[int, int]]
 ) -> None:

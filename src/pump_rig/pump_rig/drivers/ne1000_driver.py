@@ -382,7 +382,19 @@ class NE1000Driver:
     def status(self) -> PumpStatus:
         with self._lock:
             reading = self._read_counters()
-            self._rate = self._query_agreed(Command.RATE, parse_rate)
+            rate = self._query_agreed(Command.RATE, parse_rate)
+            known = self._rate
+            if known is not None and (rate.number.value, rate.units) != (
+                known.number.value,
+                known.units,
+            ):
+                # Not the rate this driver set and verified: a pair of identically corrupted
+                # replies, or a change at the pump's keypad. Neither may pass as a reading.
+                raise DeviceProtocolError(
+                    f"RAT reads {rate.number.text}{rate.units.value}, but "
+                    f"{known.number.text}{known.units.value} was set and verified"
+                )
+            self._rate = rate
             prompt = reading.prompt
             if self._run_active and not prompt.pumping:
                 # The run ended without our STP: an alarm, or the volume to be dispensed reached.
