@@ -40,17 +40,19 @@ def _line(what: str, times: list[float]) -> str:
     )
 
 
-def bench_backend(name: str, n: int) -> list[str]:
+def bench_backend(name: str, n: int, *, safe_mode: bool = False) -> list[str]:
     backend = find_backend(name)
     with tempfile.TemporaryDirectory(prefix="pumprig-bench-") as tmp:
         link = Path(tmp) / "pump"
-        pump = EmulatedPump(EmulateOptions(backend=name, link=link))
+        pump = EmulatedPump(EmulateOptions(backend=name, link=link, safe_mode=safe_mode))
         stop = threading.Event()
         runner = threading.Thread(target=pump.run, args=(stop,), daemon=True)
         runner.start()
         device: PumpDevice | None = None
         try:
-            device = dev = backend.open(DeviceOptions(port=str(link), reply_timeout_s=0.5))
+            device = dev = backend.open(
+                DeviceOptions(port=str(link), reply_timeout_s=0.5, safe_mode=safe_mode)
+            )
             identity = dev.identify()
             dev.stop()
             dev.configure_syringe(BENCH_DIAMETER_MM)
@@ -58,7 +60,8 @@ def bench_backend(name: str, n: int) -> list[str]:
             dev.set_rate(500.0)
             dev.start()
             rates = iter([400.0 + (i % 7) for i in range(n)])
-            lines = [f"{name}: {identity}"]
+            mode = " (Safe mode)" if safe_mode else ""
+            lines = [f"{name}{mode}: {identity}"]
             lines.append(_line("status()", _timed(dev.status, n)))
             lines.append(_line("set_rate() running", _timed(lambda: dev.set_rate(next(rates)), n)))
             dev.stop()
@@ -80,3 +83,5 @@ def run_serial_bench(backends: list[str], n: int) -> None:
     print(f"serial round trips over a pty, {n} calls each (perf_counter, wall time)")
     for name in backends or sorted(BACKENDS):
         print("\n".join(bench_backend(name, n)), flush=True)
+        if name == "ne1000":  # the framed, CRC-checked mode too
+            print("\n".join(bench_backend(name, n, safe_mode=True)), flush=True)
