@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
-from pump_rig.core.faults import FaultKind
 from pump_rig.core.ne1000_protocol import (
     CR,
     ETX,
@@ -69,7 +68,7 @@ from pump_rig.core.ne1000_protocol import (
     volume_units_for_diameter,
 )
 from pump_rig.core.pump_types import Direction, PumpRunState
-from pump_rig.core.serial_faults import ReplyFaults, SerialFaultConfig
+from pump_rig.core.serial_faults import EmulatesSerialFaults, ReplyFaults, SerialFaultConfig
 from pump_rig.core.stepper_emulator import PumpMechanics
 from pump_rig.core.syringe_pump import MechanicsSpec
 
@@ -98,7 +97,7 @@ class _Program:
     moved_ul: float = 0.0  # plunger travel in this phase (both directions), µL
 
 
-class NE1000Emulator:
+class NE1000Emulator(EmulatesSerialFaults):
     """A New Era NE-1000 family pump's RS-232 firmware, one serial line, bytes in and out."""
 
     def __init__(
@@ -196,27 +195,6 @@ class NE1000Emulator:
         self._raise_alarm(AlarmType.RESET)
 
     # ---- faults -----------------------------------------------------------------------------
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self._faults.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def set_fault_config(self, config: SerialFaultConfig) -> None:
-        self._faults.set_config(config)
-
-    @property
-    def active_faults(self) -> frozenset[FaultKind]:
-        return self._faults.active
-
-    @property
-    def fault_config(self) -> SerialFaultConfig:
-        return self._faults.config
-
-    @property
-    def pending_replies(self) -> int:
-        return self._faults.pending
-
     # ---- state for tests and the bench ------------------------------------------------------
     @property
     def address(self) -> int:

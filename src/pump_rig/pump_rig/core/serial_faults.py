@@ -165,3 +165,32 @@ class ReplyFaults:
 
 
 __all__ = ["SERIAL_BYTE_FAULTS", "ReplyFaults", "SerialFaultConfig"]
+
+
+class EmulatesSerialFaults:
+    """The fault controls every device emulator offers, over its ``ReplyFaults`` (``_faults``):
+    mock_hardware and tests drive any backend's emulator through these."""
+
+    _faults: ReplyFaults
+
+    def set_fault(self, kind: FaultKind, active: bool) -> None:
+        self._faults.set_fault(kind, active)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def set_fault_config(self, config: SerialFaultConfig) -> None:
+        self._faults.set_config(config)
+
+    @property
+    def active_faults(self) -> frozenset[FaultKind]:
+        return self._faults.active
+
+    @property
+    def fault_config(self) -> SerialFaultConfig:
+        return self._faults.config
+
+    @property
+    def pending_replies(self) -> int:
+        """Delayed replies not yet sent."""
+        return self._faults.pending

@@ -25,9 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pump_rig.core.faults import FaultKind
 from pump_rig.core.pump_types import Direction, PumpRunState
-from pump_rig.core.serial_faults import SERIAL_BYTE_FAULTS, ReplyFaults, SerialFaultConfig
+from pump_rig.core.serial_faults import (
+    SERIAL_BYTE_FAULTS,
+    EmulatesSerialFaults,
+    ReplyFaults,
+    SerialFaultConfig,
+)
 from pump_rig.core.stepper_protocol import (
     FLAG_EMPTY,
     FLAG_LIMIT,
@@ -119,7 +123,7 @@ class _LastRequest:
     t_s: float
 
 
-class StepperEmulator:
+class StepperEmulator(EmulatesSerialFaults):
     """The open syringe pump's firmware, one serial line, bytes in and bytes out."""
 
     def __init__(
@@ -189,31 +193,9 @@ class StepperEmulator:
         self._faults.reset()
 
     # ---- faults -----------------------------------------------------------------------------
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self._faults.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def set_fault_config(self, config: SerialFaultConfig) -> None:
-        self._faults.set_config(config)
-
-    @property
-    def active_faults(self) -> frozenset[FaultKind]:
-        return self._faults.active
-
-    @property
-    def fault_config(self) -> SerialFaultConfig:
-        return self._faults.config
-
     @property
     def watchdog_tripped(self) -> bool:
         return self._watchdog_tripped
-
-    @property
-    def pending_replies(self) -> int:
-        """Delayed replies not yet sent."""
-        return self._faults.pending
 
     # ---- firmware ---------------------------------------------------------------------------
     def _handle_line(self, line: bytes, t_s: float) -> bytes | None:

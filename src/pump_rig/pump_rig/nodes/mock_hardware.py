@@ -53,6 +53,7 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
+from pump_rig.core.serial_faults import EmulatesSerialFaults
 from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.backends import BACKENDS, EmulatorOptions, find_backend
@@ -436,16 +437,17 @@ class MockHardware(Node):
     def _set_fault_strength(self, kind: FaultKind, magnitude: float) -> None:
         """Serial fault strength from the request's magnitude: the probability of a garbled
         or dropped reply (0-1), or the delay of late replies in seconds."""
-        config = getattr(self.emulator, "fault_config", None)
-        if config is None:
+        emulator = self.emulator
+        if not isinstance(emulator, EmulatesSerialFaults):
             raise ValueError(f"the {self.params.get('backend')} emulator has fixed fault strengths")
+        config = emulator.fault_config
         if kind is FaultKind.SERIAL_DELAY:
             config = dataclasses.replace(config, delay_s=magnitude)
         elif kind is FaultKind.SERIAL_DROP:
             config = dataclasses.replace(config, drop_probability=min(1.0, magnitude))
         elif kind is FaultKind.SERIAL_GARBAGE:
             config = dataclasses.replace(config, garbage_probability=min(1.0, magnitude))
-        self.emulator.set_fault_config(config)  # type: ignore[attr-defined]
+        emulator.set_fault_config(config)
 
     def clear(self) -> str:
         with self._lock:
