@@ -181,6 +181,7 @@ class DosingController(Node):
         )
         # Created at the first tick with valid ROS time (with sim time, time is 0 until /clock).
         self._engine: TherapyEngine | None = None
+        self._early_alarms: list[Alarm] = []  # heard before ROS time was valid
         self._sequence = 0
         self._last_intent: CommandIntent | None = None
         self._intent_sequence = 0  # sequence number of the latest intent
@@ -220,6 +221,11 @@ class DosingController(Node):
             program = self._engine.program
             if program is not None:
                 self.get_logger().info(f"program: {program.summary()}")
+            # Alarms latched on the topic reach a new subscriber at once, often before the
+            # first /clock: they count from the start, not never.
+            early, self._early_alarms = self._early_alarms, []
+            for msg in early:
+                self._engine.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
             self._flush_alarms()
         return self._engine is not None
 
@@ -265,7 +271,10 @@ class DosingController(Node):
             self._flush_alarms()
 
     def _on_alarm(self, msg: Alarm) -> None:
-        if msg.source == self.get_fully_qualified_name() or not self.started:
+        if msg.source == self.get_fully_qualified_name():
+            return
+        if not self.started:
+            self._early_alarms.append(msg)
             return
         self.engine.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
         self._tick()
