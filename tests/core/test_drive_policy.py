@@ -184,3 +184,22 @@ def test_staleness_needs_wall_time_too_when_it_is_known() -> None:
     policy.on_command(100.0, PumpAction.INFUSE, 20.0, 0.0, 2, wall_s=2000.0)
     assert not policy.is_stale(104.0, 2004.0)
     assert policy.is_stale(105.5, 2005.5)
+
+
+def test_a_rate_below_the_pumps_floor_is_refused_with_the_reason() -> None:
+    policy = DrivePolicy(
+        DriveLimits(
+            max_rate_ul_per_h=1000.0,
+            max_volume_per_command_ul=100.0,
+            command_timeout_s=5.0,
+            min_rate_ul_per_h=15.4,
+        )
+    )
+    verdict = policy.on_command(0.0, PumpAction.INFUSE, 2.0, 0.0, 1)
+    assert not verdict.accepted
+    assert "below the 15.4 µL/h" in verdict.message
+    assert not policy.target(0.0).running
+    assert policy.on_command(1.0, PumpAction.INFUSE, 20.0, 0.0, 2).accepted
+    assert policy.target(1.0).running
+    # Stopping is always allowed, whatever the floor.
+    assert policy.on_command(2.0, PumpAction.STOP, 0.0, 0.0, 3).accepted

@@ -26,12 +26,20 @@ class DriveLimits:
     # accelerated simulation a few milliseconds of scheduling jitter are many simulated
     # seconds, so the ROS-time timeout alone would fire on a healthy controller. 0 = no minimum.
     command_timeout_wall_s: float = 0.0
+    # The slowest the device can pump (its profile at the fitted syringe); a running command
+    # below it is refused rather than left to the device to reject. 0 = no floor.
+    min_rate_ul_per_h: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_rate_ul_per_h", "max_volume_per_command_ul", "command_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a finite number > 0 (got {value})")
+        if not (0.0 <= self.min_rate_ul_per_h <= self.max_rate_ul_per_h):
+            raise ValueError(
+                f"min_rate_ul_per_h: must be within 0..max_rate_ul_per_h "
+                f"(got {self.min_rate_ul_per_h})"
+            )
         if not math.isfinite(self.command_timeout_wall_s) or self.command_timeout_wall_s < 0:
             raise ValueError(
                 f"command_timeout_wall_s: must be a finite number >= 0 "
@@ -106,6 +114,12 @@ class DrivePolicy:
                     sequence,
                     f"rate {flow_rate_ul_per_h:g} µL/h above the driver limit "
                     f"{self.limits.max_rate_ul_per_h:g} µL/h",
+                )
+            if 0.0 < flow_rate_ul_per_h < self.limits.min_rate_ul_per_h:
+                return self._refuse(
+                    sequence,
+                    f"rate {flow_rate_ul_per_h:g} µL/h below the {self.limits.min_rate_ul_per_h:g} "
+                    f"µL/h the pump can deliver with this syringe (fit a narrower one)",
                 )
             if not math.isfinite(volume_limit_ul) or volume_limit_ul < 0:
                 return self._refuse(sequence, f"invalid volume limit {volume_limit_ul} µL")

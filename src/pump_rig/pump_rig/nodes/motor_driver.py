@@ -248,13 +248,14 @@ class MotorDriver(LifecycleNode):
         self.get_logger().info(f"connected to {identity} on {port}, syringe {applied_mm:g} mm")
 
     def _check_profile(self, diameter_mm: float) -> None:
-        """The pump profile's top rate at this diameter lowers this node's own rate limit, so
-        a command the device would refuse is refused here, with the reason."""
+        """The pump profile's rate range at this diameter narrows this node's own limits, so a
+        command the device would refuse is refused here, with the reason."""
         limits = self._configured_limits
         name = str(self.params.get("pump_profile"))
         if name:
             profile = find_pump_profile(name)
-            _low, high = profile.rate_limits_ul_per_h(diameter_mm)
+            low, high = profile.rate_limits_ul_per_h(diameter_mm)
+            limits = replace(limits, min_rate_ul_per_h=min(low, limits.max_rate_ul_per_h))
             if high < limits.max_rate_ul_per_h:
                 self.get_logger().info(
                     f"rate limit {high:g} µL/h: the most {profile.name} pumps with a "
