@@ -42,7 +42,7 @@ from pump_rig.core.pump_types import Direction, PumpRunState
 from pump_rig.core.serial_faults import SerialFaultConfig
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.ne1000_driver import NE1000Driver
-from pump_rig.drivers.pty_device import PtySerialDevice
+from pump_rig.drivers.pty_device import ByteDeviceTap, PtySerialDevice
 from tests.core.pump_fixtures import CountingNE1000Pump, make_ne1000_pump
 
 TIMEOUT_S = 0.05  # per attempt; 3 attempts per call with the default 2 retries
@@ -313,12 +313,12 @@ def test_all_replies_corrupted_gives_a_protocol_error(rig: Rig) -> None:
     assert rig.driver.status() == expected
 
 
-class DropAfter:
+class DropAfter(ByteDeviceTap):
     """Drops the reply to the first request containing ``trigger`` and the ``more`` replies
     after it (the commands themselves reach the firmware)."""
 
     def __init__(self, inner: NE1000Emulator, trigger: bytes, more: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.trigger = trigger
         self.to_drop = 0
         self.more = more
@@ -333,15 +333,6 @@ class DropAfter:
             self.to_drop -= 1
             return b""
         return out
-
-    def due_output(self, t_s: float) -> bytes:
-        return self.inner.due_output(t_s)
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
 
 
 @pytest.mark.parametrize("more", [0, 2, 1000])
@@ -405,30 +396,15 @@ def test_replies_later_than_all_retries_are_never_taken_for_a_newer_answer(rig: 
     assert rig.driver.stats.discarded_lines >= 1
 
 
-class ForgingDevice:
+class ForgingDevice(ByteDeviceTap):
     """Before every real reply, a well-formed reply from another address. All skipped."""
 
-    def __init__(self, inner: NE1000Emulator) -> None:
-        self.inner = inner
-
-    def _forge(self, out: bytes) -> bytes:
+    def outbound(self, out: bytes, t_s: float) -> bytes:
         if not out:
             return out
         forged = encode_reply(Reply(5, prompt=decode_reply(out, safe=False).prompt), safe=False)
         forged_dis = bytes([STX]) + b"05SI9.999W0.000UL" + bytes([ETX])
         return forged + forged_dis + out
-
-    def feed(self, data: bytes, t_s: float) -> bytes:
-        return self._forge(self.inner.feed(data, t_s))
-
-    def due_output(self, t_s: float) -> bytes:
-        return self._forge(self.inner.due_output(t_s))
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
 
 
 def test_replies_from_another_address_are_skipped(tmp_path: Path) -> None:
@@ -441,29 +417,20 @@ def test_replies_from_another_address_are_skipped(tmp_path: Path) -> None:
         rig.close()
 
 
-class NoisyInbound:
+class NoisyInbound(ByteDeviceTap):
     """Corrupts one byte of the first Safe packet's data after the session started."""
 
     def __init__(self, inner: NE1000Emulator) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.armed = False
         self.corrupted = 0
 
-    def feed(self, data: bytes, t_s: float) -> bytes:
+    def inbound(self, data: bytes, t_s: float) -> bytes:
         if self.armed and len(data) > 4 and data[0] == STX:
             self.armed = False
             self.corrupted += 1
             data = data[:3] + bytes([data[3] ^ 0x20]) + data[4:]
-        return self.inner.feed(data, t_s)
-
-    def due_output(self, t_s: float) -> bytes:
-        return self.inner.due_output(t_s)
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
+        return data
 
 
 def test_safe_mode_request_damaged_on_the_way_in_gets_com_and_is_resent(tmp_path: Path) -> None:
@@ -496,16 +463,16 @@ def test_safe_mode_crc_errors_never_yield_a_wrong_status(safe_rig: Rig) -> None:
     assert safe_rig.driver.status() == expected
 
 
-class DigitFlipper:
+class DigitFlipper(ByteDeviceTap):
     """Basic mode's worst case: changes one digit of DIS data into another digit, leaving a
     perfectly well-formed frame (no checksum to catch it), in every ``period``-th reply."""
 
     def __init__(self, inner: NE1000Emulator, period: int = 3) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.period = period
         self.count = 0
 
-    def _flip(self, out: bytes) -> bytes:
+    def outbound(self, out: bytes, t_s: float) -> bytes:
         if b"W" not in out or not out.startswith(bytes([STX])):
             return out
         self.count += 1
@@ -516,18 +483,6 @@ class DigitFlipper:
         position = digits[self.count % len(digits)]
         body[position] = 0x30 + (body[position] - 0x30 + 1 + self.count % 8) % 10
         return bytes(body)
-
-    def feed(self, data: bytes, t_s: float) -> bytes:
-        return self._flip(self.inner.feed(data, t_s))
-
-    def due_output(self, t_s: float) -> bytes:
-        return self._flip(self.inner.due_output(t_s))
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
 
 
 @pytest.mark.parametrize("period", [2, 3, 5])

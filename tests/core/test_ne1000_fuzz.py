@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pump_rig.core.crc16 import crc16_xmodem
-from pump_rig.core.faults import FaultKind
 from pump_rig.core.ne1000_emulator import NE1000Emulator
 from pump_rig.core.ne1000_protocol import (
     ETX,
@@ -31,6 +30,7 @@ from pump_rig.core.ne1000_protocol import (
     parse_rate,
 )
 from pump_rig.core.pump_device import DeviceError
+from pump_rig.drivers.pty_device import ByteDeviceTap
 from pump_rig.drivers.serial_link import LengthPrefixedFraming, StxEtxFraming
 from tests.core.test_ne1000_driver import bolus, make_rig
 
@@ -145,16 +145,16 @@ def test_query_parsers_raise_only_protocol_error(text: str) -> None:
 # ---- Basic mode, at the driver: well-formed lies -------------------------------------------------
 
 
-class DigitLiar:
+class DigitLiar(ByteDeviceTap):
     """Rewrites chosen digits of chosen replies into other digits: the frames stay perfectly
     well-formed, as a Basic mode line fault can leave them (no checksum to catch it)."""
 
     def __init__(self, inner: NE1000Emulator) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan: dict[int, tuple[int, int]] = {}
         self.count = 0
 
-    def _lie(self, out: bytes) -> bytes:
+    def outbound(self, out: bytes, t_s: float) -> bytes:
         if not out.startswith(bytes([STX])):
             return out
         self.count += 1
@@ -168,18 +168,6 @@ class DigitLiar:
         body = bytearray(out)
         body[position] = 0x30 + (body[position] - 0x30 + change[1]) % 10
         return bytes(body)
-
-    def feed(self, data: bytes, t_s: float) -> bytes:
-        return self._lie(self.inner.feed(data, t_s))
-
-    def due_output(self, t_s: float) -> bytes:
-        return self._lie(self.inner.due_output(t_s))
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
 
 
 @settings(

@@ -33,7 +33,7 @@ from pump_rig.core.stepper_protocol import (
     encode_request,
 )
 from pump_rig.core.syringe_pump import PumpSnapshot
-from pump_rig.drivers.pty_device import PtySerialDevice
+from pump_rig.drivers.pty_device import ByteDeviceTap, PtySerialDevice
 from pump_rig.drivers.serial_link import SerialLink
 from pump_rig.drivers.stepper_driver import StepperPumpDriver
 from tests.core.pump_fixtures import (
@@ -274,14 +274,11 @@ def test_replies_later_than_all_retries_are_never_taken_for_a_newer_answer(rig: 
     wait_until(newest_rate_and_all_stale_dropped, "the stale replies to arrive")
 
 
-class ForgingDevice:
+class ForgingDevice(ByteDeviceTap):
     """Before every real reply, a well-formed but wrong one: previous SEQ, then same SEQ with
     another command. Both must be skipped."""
 
-    def __init__(self, inner: StepperEmulator) -> None:
-        self.inner = inner
-
-    def _forge(self, out: bytes) -> bytes:
+    def outbound(self, out: bytes, t_s: float) -> bytes:
         forged = b""
         bogus = DeviceStatus(DeviceState.RUNNING, Direction.WITHDRAW, 999.0, -5.0, 1.0, 7, 99.0)
         for line in out.splitlines():
@@ -290,18 +287,6 @@ class ForgingDevice:
             forged += encode_reply(StatusReply((seq - 1) % 65536, bogus))
             forged += encode_reply(AckReply(seq, Command.RUN))
         return forged + out
-
-    def feed(self, data: bytes, t_s: float) -> bytes:
-        return self._forge(self.inner.feed(data, t_s))
-
-    def due_output(self, t_s: float) -> bytes:
-        return self._forge(self.inner.due_output(t_s))
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
 
 
 def test_stale_and_mismatched_replies_are_skipped(tmp_path: Path) -> None:
@@ -320,28 +305,19 @@ def test_stale_and_mismatched_replies_are_skipped(tmp_path: Path) -> None:
             driver.close()
 
 
-class NoisyInbound:
+class NoisyInbound(ByteDeviceTap):
     """Corrupts one byte of the first request that reaches the firmware (host -> device)."""
 
     def __init__(self, inner: StepperEmulator) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.corrupted = False
 
-    def feed(self, data: bytes, t_s: float) -> bytes:
+    def inbound(self, data: bytes, t_s: float) -> bytes:
         if not self.corrupted and b">" in data:
             self.corrupted = True
             index = data.index(b">") + 1
             data = data[:index] + b"9" + data[index + 1 :]
-        return self.inner.feed(data, t_s)
-
-    def due_output(self, t_s: float) -> bytes:
-        return self.inner.due_output(t_s)
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self.inner.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self.inner.clear_faults()
+        return data
 
 
 def test_a_request_damaged_on_the_way_in_is_resent_at_once() -> None:

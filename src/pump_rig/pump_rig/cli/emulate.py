@@ -56,11 +56,12 @@ class EmulatedPump:
         self.session = BenchSession(
             BenchModel(params, t0_s=t0), sample_period_s=SAMPLE_PERIOD_S, t0_s=t0
         )
-        self._pressure_kpa: float | None = None
         self.emulator = backend.emulator(
             EmulatorOptions(
                 pump=self.session,
-                pressure_source=self._firmware_pressure if backend.has_pressure_channel else None,
+                pressure_source=self.session.last_sample_kpa
+                if backend.has_pressure_channel
+                else None,
                 seed=options.seed,
                 address=options.address,
                 safe_mode=options.safe_mode,
@@ -72,15 +73,11 @@ class EmulatedPump:
             self.emulator, self.clock, lock=self.lock, link_path=options.link
         )
 
-    def _firmware_pressure(self, t_s: float) -> float | None:
-        return self._pressure_kpa  # read with self.lock held (by the pty thread)
-
     def update(self) -> None:
-        """Advance the physics to now and refresh the pressure channel's reading."""
+        """Advance the physics to now. Nobody publishes the samples here (the firmware
+        reports the latest): they are dropped so they do not pile up."""
         with self.lock:
-            samples = self.session.collect(self.clock())
-            if samples:
-                self._pressure_kpa = samples[-1][1]
+            self.session.collect(self.clock())
 
     def run(self, stop: threading.Event) -> None:
         self.device.start()

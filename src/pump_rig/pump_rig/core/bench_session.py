@@ -30,6 +30,7 @@ class BenchSession:
         self._next_sample_index = 1
         self._t0_s = t0_s
         self._pending: list[Sample] = []
+        self._last_sample_kpa: float | None = None
 
     @property
     def t_s(self) -> float:
@@ -42,7 +43,9 @@ class BenchSession:
             t_sample = self._t0_s + self._next_sample_index * self.sample_period_s
             if t_sample > t_s:
                 break
-            self._pending.append((t_sample, self.bench.sample_pressure(t_sample)))
+            sample_kpa = self.bench.sample_pressure(t_sample)
+            self._pending.append((t_sample, sample_kpa))
+            self._last_sample_kpa = sample_kpa
             self._next_sample_index += 1
         self._t_s = t_s
         return t_s
@@ -91,6 +94,12 @@ class BenchSession:
         """When the pump will stop by itself (volume limit reached, syringe empty or full) if
         nobody commands it before, or None. A read: time does not move."""
         return self.bench.pump.next_event_s()
+
+    def last_sample_kpa(self, t_s: float) -> float | None:
+        """The sensor's latest sample at or before ``t_s`` (None: none yet, or a dropout), as
+        a pump firmware that reads the transducer itself reports it."""
+        self._advance(t_s)
+        return self._last_sample_kpa
 
     def line_pressure_kpa(self, t_s: float) -> float:
         return self.bench.line_pressure_kpa(self._advance(t_s))

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from pump_rig.core.faults import FaultKind
 from pump_rig.core.pump_device import DeviceError, PumpDevice
+from pump_rig.core.serial_faults import SerialFaultConfig
 from pump_rig.core.stepper_emulator import PressureSource, PumpMechanics
 from pump_rig.core.syringe_pump import DEFAULT_MECHANICS, MechanicsSpec
 from pump_rig.drivers.pty_device import ByteDevice
@@ -42,6 +45,17 @@ class EmulatorOptions:
     t0_s: float = 0.0  # the emulator's power-up time (simulation time)
 
 
+class DeviceEmulator(ByteDevice, Protocol):
+    """What every backend's emulator is: bytes in and out, with tunable serial faults
+    (``core.serial_faults.EmulatesSerialFaults`` provides them)."""
+
+    @property
+    def fault_config(self) -> SerialFaultConfig: ...
+    def set_fault_config(self, config: SerialFaultConfig) -> None: ...
+    @property
+    def active_faults(self) -> frozenset[FaultKind]: ...
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -49,7 +63,7 @@ class Backend:
     default_baud: int
     has_pressure_channel: bool
     open: Callable[[DeviceOptions], PumpDevice]
-    emulator: Callable[[EmulatorOptions], ByteDevice]
+    emulator: Callable[[EmulatorOptions], DeviceEmulator]
 
 
 def _open_stepper(options: DeviceOptions) -> PumpDevice:
@@ -63,7 +77,7 @@ def _open_stepper(options: DeviceOptions) -> PumpDevice:
     )
 
 
-def _stepper_emulator(options: EmulatorOptions) -> ByteDevice:
+def _stepper_emulator(options: EmulatorOptions) -> DeviceEmulator:
     from pump_rig.core.stepper_emulator import StepperEmulator
 
     return StepperEmulator(options.pump, pressure_source=options.pressure_source, seed=options.seed)
@@ -91,7 +105,7 @@ def _open_ne1000(options: DeviceOptions) -> PumpDevice:
     )
 
 
-def _ne1000_emulator(options: EmulatorOptions) -> ByteDevice:
+def _ne1000_emulator(options: EmulatorOptions) -> DeviceEmulator:
     from pump_rig.core.ne1000_emulator import NE1000Emulator
 
     return NE1000Emulator(

@@ -36,12 +36,45 @@ _ACTION_TIMEOUT_S = 2.0
 
 
 class ByteDevice(Protocol):
-    """An emulator speaking bytes; ``StepperEmulator`` is one."""
+    """An emulator speaking bytes; ``StepperEmulator`` and ``NE1000Emulator`` are two."""
 
     def feed(self, data: bytes, t_s: float) -> bytes: ...
     def due_output(self, t_s: float) -> bytes: ...
     def set_fault(self, kind: FaultKind, active: bool) -> None: ...
     def clear_faults(self) -> None: ...
+    def reset_link(self) -> None:
+        """The host (re)connected: forget partial input and replies still in flight."""
+        ...
+
+
+class ByteDeviceTap:
+    """A ``ByteDevice`` in front of another, seeing the bytes both ways: requests through
+    ``inbound`` on their way in, replies through ``outbound`` on their way out. Faults and
+    link resets go straight to the device behind it."""
+
+    def __init__(self, inner: ByteDevice) -> None:
+        self.inner = inner
+
+    def inbound(self, data: bytes, t_s: float) -> bytes:
+        return data
+
+    def outbound(self, out: bytes, t_s: float) -> bytes:
+        return out
+
+    def feed(self, data: bytes, t_s: float) -> bytes:
+        return self.outbound(self.inner.feed(self.inbound(data, t_s), t_s), t_s)
+
+    def due_output(self, t_s: float) -> bytes:
+        return self.outbound(self.inner.due_output(t_s), t_s)
+
+    def set_fault(self, kind: FaultKind, active: bool) -> None:
+        self.inner.set_fault(kind, active)
+
+    def clear_faults(self) -> None:
+        self.inner.clear_faults()
+
+    def reset_link(self) -> None:
+        self.inner.reset_link()
 
 
 class PtySerialDevice:
@@ -173,10 +206,8 @@ class PtySerialDevice:
         if self._master is not None:
             return
         self._open_pty()
-        reset = getattr(self._emulator, "reset_link", None)
-        if callable(reset):
-            with self._lock:
-                reset()  # a fresh connection: the firmware's line buffer starts empty
+        with self._lock:
+            self._emulator.reset_link()  # a fresh connection: the line buffer starts empty
 
     def _in_io_thread(self, action: Callable[[], None]) -> None:
         thread = self._thread

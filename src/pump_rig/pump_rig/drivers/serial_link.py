@@ -395,17 +395,14 @@ class SerialLink:
             self._lost(exc)
 
     def read_line(self, *, timeout_s: float | None = None) -> bytes:
-        """The next non-empty line (terminator removed) or ``DeviceTimeout``.
-
-        With a packet framing: the next packet (``read_frame`` says so by its name)."""
+        """The next non-empty line (terminator removed) or ``DeviceTimeout``; with a packet
+        framing, the next packet."""
         timeout = self._timeout_s if timeout_s is None else timeout_s
         _check_timeout(timeout)
         line = self._read_frame(time.monotonic() + timeout)
         if line is None:
             raise DeviceTimeout(f"no line from {self._port} within {timeout * 1000:.0f} ms")
         return line
-
-    read_frame = read_line
 
     def poll_frame(self, timeout_s: float = 0.0) -> bytes | None:
         """The next frame if one arrives within ``timeout_s`` (0: only what is here), else

@@ -53,11 +53,10 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
-from pump_rig.core.serial_faults import EmulatesSerialFaults
 from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.backends import BACKENDS, EmulatorOptions, find_backend
-from pump_rig.drivers.pty_device import ByteDevice, PtySerialDevice
+from pump_rig.drivers.pty_device import ByteDevice, ByteDeviceTap, PtySerialDevice
 from pump_rig.nodes.contract import (
     NO_PUB_EVENTS,
     diagnostics_publisher,
@@ -84,36 +83,25 @@ def bench_param_specs() -> list[ParamSpec]:
     return specs
 
 
-class _EventReportingDevice:
+class _EventReportingDevice(ByteDeviceTap):
     """The emulator as the pty host sees it, telling the clock of the pump's next self-stop
     after every exchange (the host calls it with the session lock held)."""
 
     def __init__(self, emulator: ByteDevice, report: Callable[[], None]) -> None:
-        self._emulator = emulator
+        super().__init__(emulator)
         self._report = report
 
     def feed(self, data: bytes, t_s: float) -> bytes:
         try:
-            return self._emulator.feed(data, t_s)
+            return self.inner.feed(data, t_s)
         finally:
             self._report()
 
     def due_output(self, t_s: float) -> bytes:
         try:
-            return self._emulator.due_output(t_s)
+            return self.inner.due_output(t_s)
         finally:
             self._report()
-
-    def set_fault(self, kind: FaultKind, active: bool) -> None:
-        self._emulator.set_fault(kind, active)
-
-    def clear_faults(self) -> None:
-        self._emulator.clear_faults()
-
-    def reset_link(self) -> None:
-        reset = getattr(self._emulator, "reset_link", None)
-        if callable(reset):
-            reset()
 
 
 def _pressure_output(value: object) -> str | None:
@@ -292,12 +280,10 @@ class MockHardware(Node):
             raise ValueError(
                 f"pressure_output 'device': the {backend.name} backend has no pressure channel"
             )
-        self._device_pressure_kpa: float | None = None  # the firmware's latest ADC reading
-        self._serial_faults: set[FaultKind] = set()
-        self.emulator: ByteDevice = backend.emulator(
+        self.emulator = backend.emulator(
             EmulatorOptions(
                 pump=self.session,
-                pressure_source=self._firmware_pressure if self._pressure_on_device else None,
+                pressure_source=self.session.last_sample_kpa if self._pressure_on_device else None,
                 seed=int(self.params.get("seed")),
                 address=int(self.params.get("address")),
                 safe_mode=bool(self.params.get("safe_mode")),
@@ -340,11 +326,6 @@ class MockHardware(Node):
     @property
     def port(self) -> str:
         return str(self.device.port)
-
-    def _firmware_pressure(self, t_s: float) -> float | None:
-        """The pump firmware's pressure channel: the sensor's latest sample (NaN = invalid,
-        None = no sample yet or a dropout). Called with ``self._lock`` held."""
-        return self._device_pressure_kpa
 
     def sim_now_s(self) -> float:
         return self.clock.now_s()
@@ -397,10 +378,7 @@ class MockHardware(Node):
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=s_to_stamp(t_s)))
         if self._pressure_on_device:
-            if samples:
-                with self._lock:
-                    self._device_pressure_kpa = samples[-1][1]
-            return
+            return  # the pump firmware reports the sensor (BenchSession.last_sample_kpa)
         for t_sample, pressure_kpa in samples:
             if pressure_kpa is None:
                 continue  # dropout: the sensor sent nothing
@@ -420,14 +398,11 @@ class MockHardware(Node):
             self.device.unplug()
         with self._lock:
             t_s = self.clock.now_s()
-            if kind == FaultKind.UNPLUG:
-                pass
-            elif kind in SERIAL_FAULTS:
+            if kind in SERIAL_FAULTS - {FaultKind.UNPLUG}:
                 if magnitude > 0.0:
                     self._set_fault_strength(kind, magnitude)
                 self.emulator.set_fault(kind, True)
-                self._serial_faults.add(kind)
-            else:
+            elif kind != FaultKind.UNPLUG:
                 self.session.inject_fault(t_s, kind, magnitude)
         message = f"injected {kind.value} at t={t_s:.3f} s"
         self._publish_fault(t_s, kind.value, True, magnitude, message)
@@ -437,24 +412,20 @@ class MockHardware(Node):
     def _set_fault_strength(self, kind: FaultKind, magnitude: float) -> None:
         """Serial fault strength from the request's magnitude: the probability of a garbled
         or dropped reply (0-1), or the delay of late replies in seconds."""
-        emulator = self.emulator
-        if not isinstance(emulator, EmulatesSerialFaults):
-            raise ValueError(f"the {self.params.get('backend')} emulator has fixed fault strengths")
-        config = emulator.fault_config
+        config = self.emulator.fault_config
         if kind is FaultKind.SERIAL_DELAY:
             config = dataclasses.replace(config, delay_s=magnitude)
         elif kind is FaultKind.SERIAL_DROP:
             config = dataclasses.replace(config, drop_probability=min(1.0, magnitude))
         elif kind is FaultKind.SERIAL_GARBAGE:
             config = dataclasses.replace(config, garbage_probability=min(1.0, magnitude))
-        emulator.set_fault_config(config)
+        self.emulator.set_fault_config(config)
 
     def clear(self) -> str:
         with self._lock:
             t_s = self.clock.now_s()
             self.session.clear_faults(t_s)
             self.emulator.clear_faults()
-            self._serial_faults.clear()
         if not self.device.plugged:
             self.device.replug()  # not under the session lock (see inject)
         message = f"faults cleared at t={t_s:.3f} s"
@@ -503,7 +474,7 @@ class MockHardware(Node):
             snap = self.session.snapshot(t_s)
             pressure = self.session.line_pressure_kpa(t_s)
             faults = sorted(k.value for k in self.session.bench.active_faults)
-        faults += sorted(k.value for k in self._serial_faults)
+        faults += sorted(k.value for k in self.emulator.active_faults)
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if faults else DiagnosticStatus.OK,
             name=f"{self.get_fully_qualified_name()}: bench",
