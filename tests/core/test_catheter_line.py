@@ -328,7 +328,9 @@ def test_matches_exact_reference(
         assert [c for _, c in piece_profile] == [c for _, c in ref_profile]
 
         _assert_well_formed(line)
-        ours = _profile(line.to_state(), dead_volume)
+        ours = _profile(
+            [(s.volume_ul, s.concentration_ug_per_ml) for s in line.segments], dead_volume
+        )
         theirs = _profile([(float(v), c) for v, c in ref.runs], dead_volume)
         assert [c for _, c in ours] == [c for _, c in theirs]
         for (v_ours, _), (v_ref, _) in zip(ours, theirs, strict=True):

@@ -316,7 +316,7 @@ def healthy_engine_journal(path: Path) -> None:
         engine.on_device_volume(T0 + 120 * k, 0.5 * k)
     engine.close()
     kinds = [json.loads(line.split(b"\t")[0])["k"] for line in lines_of(path)]
-    assert kinds == ["journal", "program", "dlv", "dlv", "close"]
+    assert kinds == ["journal", "program", "baseline", "dlv", "dlv", "close"]
 
 
 def test_engine_restarts_from_its_journal(tmp_path: Path) -> None:

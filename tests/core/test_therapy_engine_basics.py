@@ -604,12 +604,16 @@ def test_basal_is_capped_and_held_at_the_daily_maximum_until_the_window_frees_ro
     engine.on_device_volume(T0 + 160, 490.0)  # closes the bucket
     capped = engine.command(T0 + 160)
     assert capped.action is PumpAction.INFUSE
-    assert capped.volume_limit_ul == pytest.approx(10.0, rel=1e-9)  # the device stops itself
+    # The device stops itself one step (the resolution) short of the room: a device stopping
+    # on whole steps may pass a limit by one.
+    room_ul = 10.0 - CONFIG.device_resolution_ul
+    assert capped.volume_limit_ul == pytest.approx(room_ul, rel=1e-9)
+    assert capped.stop_at_device_ul == pytest.approx(490.0 + room_ul, rel=1e-12)
     assert "daily maximum" in capped.reason
     engine.drain_alarm_events()
 
-    engine.on_device_volume(T0 + 200, 500.0)  # 250 µg: at the maximum
-    engine.on_device_volume(T0 + 260, 500.0)
+    engine.on_device_volume(T0 + 200, 499.9)  # 249.95 µg: one step from the maximum
+    engine.on_device_volume(T0 + 260, 499.9)
     held = engine.command(T0 + 260)
     assert held.action is PumpAction.STOP
     assert "daily maximum" in held.reason
@@ -755,7 +759,9 @@ def test_refused_refill_changes_nothing(
 def test_refill_with_another_drug_needs_a_program_for_it() -> None:
     engine = running_engine()
     engine.suspend(T0 + 1)
-    engine.refill(T0 + 2, volume_ul=10000.0, drug="morphine", concentration_ug_per_ml=1000.0)
+    engine.refill(
+        T0 + 2, volume_ul=10000.0, drug="morphine", concentration_ug_per_ml=1000.0, flush=True
+    )
     assert state_of(engine) is TherapyState.NO_PROGRAM
     with pytest.raises(TherapyError):
         engine.resume(T0 + 3)
@@ -933,12 +939,14 @@ def test_property_state_and_dose_from_device_deltas(
             if device is not None and arg < device:
                 device = arg  # a decrease: re-baseline, nothing counted
                 engine.on_device_volume(t, device)
+                m.close()  # the new baseline is an event (journaled or not)
                 reported_at = t
         elif kind == "bad_volume":
             assert isinstance(arg, float)
             engine.on_device_volume(t, arg)
         elif kind == "suspend":
             engine.suspend(t, "test")
+            m.close()  # every event closes the open bucket, journal or not
             m.run = False
         elif kind == "resume":
             allowed = (
@@ -946,6 +954,7 @@ def test_property_state_and_dose_from_device_deltas(
             )
             if allowed:
                 engine.resume(t)
+                m.close()
                 m.run = True
             else:
                 with pytest.raises(TherapyError):
@@ -954,6 +963,7 @@ def test_property_state_and_dose_from_device_deltas(
             engine.clear_alarms(t)
             m.critical.clear()
             if m.latched:
+                m.close()
                 m.run = False  # invariant 2: never running again by itself
             m.latched = False
         elif kind == "program":
@@ -989,6 +999,8 @@ def test_property_state_and_dose_from_device_deltas(
                 m.critical.discard(code)  # ended, or now only a warning
             elif severity == CRITICAL:
                 m.critical.add(code)
+                if not m.latched:
+                    m.close()  # latching is an event
                 m.latched = True
 
         state = state_of(engine)

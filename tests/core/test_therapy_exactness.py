@@ -36,6 +36,9 @@ from tests.core.therapy_fixtures import (
 HOUR = SECONDS_PER_HOUR
 DAY = SECONDS_PER_DAY
 REL = 1e-9
+# The simulated device is continuous: it moves no whole steps, so nothing has to be kept
+# back for a step past a volume limit and the window can reach the maximum exactly.
+CONTINUOUS = EngineConfig(device_resolution_ul=0.0)
 
 WEEKDAY_STEPS = [("00:00", 8.0), ("07:30", 12.0), ("12:00", 9.5), ("18:45", 14.0), ("22:00", 6.0)]
 WEEKEND_STEPS = [("00:00", 6.0), ("09:00", 10.0), ("23:30", 7.25)]
@@ -362,7 +365,7 @@ def test_bolus_after_the_nth_is_denied_with_the_count_and_the_wait() -> None:
 
 
 def test_bolus_that_would_pass_the_maximum_is_denied_with_the_wait() -> None:
-    rig = Rig()
+    rig = Rig(config=CONTINUOUS)
     rig.engine.set_program(T0, max_program())
     rig.issue()
     rig.advance(T0 + HOUR, 60.0, exact=True)
@@ -386,7 +389,7 @@ def test_bolus_that_would_pass_the_maximum_is_denied_with_the_wait() -> None:
 
 
 def test_steady_therapy_grants_the_n_boluses_the_maximum_allows() -> None:
-    rig = Rig()
+    rig = Rig(config=CONTINUOUS)
     rig.engine.set_program(T0, max_program())
     rig.issue()
     start = T0 + DAY + HOUR  # basal only so far: the window is a steady 240 µg

@@ -122,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     refill.add_argument("--drug", required=True)
     refill.add_argument("--concentration", type=_positive_float, required=True, metavar="UG_PER_ML")
     refill.add_argument("--withdrawn", type=float, default=0.0, metavar="UL", help="measured")
-    refill.add_argument(
-        "--bridge", action="store_true", help="keep the dose rate while old drug leaves the line"
+    plan = refill.add_mutually_exclusive_group()
+    plan.add_argument(
+        "--bridge",
+        action="store_true",
+        help="keep the dose rate while old drug leaves the line (a new drug: at its old program)",
+    )
+    plan.add_argument(
+        "--flush",
+        action="store_true",
+        help="the line was emptied outside the patient and holds saline (prime it after)",
     )
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
@@ -306,6 +314,7 @@ def cmd_refill(args: argparse.Namespace) -> None:
         concentration_ug_per_ml=args.concentration,
         withdrawn_ul=args.withdrawn,
         bridge=args.bridge,
+        flush=args.flush,
     )
     response = _call(args, Refill, "refill", request)
     if not response.success:

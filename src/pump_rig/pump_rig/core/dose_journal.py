@@ -7,7 +7,18 @@ detected as well as a damaged one. The first record names the journal's ``id``; 
 rig's) is noticed: with the sidecar present and the journal missing, or the ids differing,
 opening fails instead of silently starting a new, empty dose history.
 
-To start a new ledger on purpose, remove both files.
+A journal can also lose its last WHOLE records and still read as healthy (a file restored from
+a copy, a filesystem that dropped the tail it had acknowledged): the records left are intact and
+numbered, and the sidecar cannot see it. So a high-water mark is kept apart from the journal, in
+``<journal>.hwm``: the number, CRC and time of the last record written, updated (and fsync'd)
+after every append. A journal that ends before its high-water mark was rolled back: opening it
+raises :class:`JournalRollbackError` unless an operator accepts the loss with a reason, which is
+then journaled (a ``rollback`` record naming what was lost) before anything else.
+
+The mark has two slots written in turn, each with its own CRC, so a crash in the middle of
+writing one leaves the other: the newer valid slot is the mark.
+
+To start a new ledger on purpose, remove the journal and its sidecars.
 """
 
 from __future__ import annotations
@@ -17,12 +28,21 @@ import os
 import uuid
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
-__all__ = ["JOURNAL_VERSION", "DoseJournal", "JournalError", "JournalMissingError"]
+__all__ = [
+    "JOURNAL_VERSION",
+    "DoseJournal",
+    "HighWaterMark",
+    "JournalError",
+    "JournalMissingError",
+    "JournalRollbackError",
+]
 
 JOURNAL_VERSION: Final = 1
+_SLOT_BYTES: Final = 192  # one high-water-mark slot: JSON, tab, CRC-32, padding, newline
 
 
 class JournalError(Exception):
@@ -40,6 +60,30 @@ class JournalMissingError(JournalError):
     """The sidecar says a journal exists, but the journal file is not there."""
 
 
+class JournalRollbackError(JournalError):
+    """The journal ends before its high-water mark: whole records were lost."""
+
+    def __init__(self, path: Path, last_n: int, mark: HighWaterMark) -> None:
+        self.last_n = last_n
+        self.mark = mark
+        super().__init__(
+            path,
+            0,
+            f"rolled back: it ends at record {last_n} but record {mark.n} was written "
+            f"({mark.n - last_n} lost, the last at t={mark.t_s:.3f} s); dosing needs an "
+            "operator to accept the loss",
+        )
+
+
+@dataclass(frozen=True)
+class HighWaterMark:
+    """The last record written: its number, the CRC of its line and its time (s)."""
+
+    n: int
+    crc: str
+    t_s: float
+
+
 def _encode(record: Mapping[str, Any]) -> str:
     text = json.dumps(record, separators=(",", ":"), sort_keys=True, allow_nan=False)
     return f"{text}\t{zlib.crc32(text.encode()):08x}\n"
@@ -49,21 +93,81 @@ def _id_path(path: Path) -> Path:
     return path.with_name(path.name + ".id")
 
 
+def _mark_path(path: Path) -> Path:
+    return path.with_name(path.name + ".hwm")
+
+
+def _line_crc(line: str) -> str:
+    return line.rstrip("\n").rpartition("\t")[2]
+
+
+class _MarkFile:
+    """The high-water mark: two fixed-size slots, written in turn with pwrite and fsync."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def read(path: Path) -> HighWaterMark | None:
+        """The newest valid slot; None when there is no mark file (a journal from before
+        marks were kept). A file with no valid slot raises ValueError."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        marks = []
+        for k in range(0, len(data), _SLOT_BYTES):
+            slot = data[k : k + _SLOT_BYTES].rstrip(b" \n").decode("utf-8", "replace")
+            text, _, crc = slot.rpartition("\t")
+            if not text or f"{zlib.crc32(text.encode()):08x}" != crc:
+                continue
+            try:
+                fields = json.loads(text)
+                marks.append(
+                    HighWaterMark(int(fields["n"]), str(fields["crc"]), float(fields["t"]))
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+        if not marks:
+            raise ValueError("no valid slot")
+        return max(marks, key=lambda m: m.n)
+
+    def write(self, mark: HighWaterMark) -> None:
+        text = json.dumps({"n": mark.n, "crc": mark.crc, "t": mark.t_s}, separators=(",", ":"))
+        slot = f"{text}\t{zlib.crc32(text.encode()):08x}".encode()
+        slot = slot.ljust(_SLOT_BYTES - 1) + b"\n"
+        os.pwrite(self._fd, slot, (mark.n % 2) * _SLOT_BYTES)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class DoseJournal:
     """Open with :meth:`open`; :meth:`append` returns once the record is on disk."""
 
-    def __init__(self, path: Path, journal_id: str, next_n: int, handle: IO[str]) -> None:
+    def __init__(
+        self, path: Path, journal_id: str, next_n: int, handle: IO[str], mark: _MarkFile
+    ) -> None:
         self.path = path
         self.journal_id = journal_id
         self._next_n = next_n
         self._handle: IO[str] | None = handle
+        self._mark: _MarkFile | None = mark
 
     @classmethod
-    def open(cls, path: Path, *, t_s: float) -> tuple[DoseJournal, list[dict[str, Any]]]:
+    def open(
+        cls, path: Path, *, t_s: float, accept_rollback: str = ""
+    ) -> tuple[DoseJournal, list[dict[str, Any]]]:
         """Open (or create) the journal; return it with its records after the header.
 
         Raises :class:`JournalError` for a damaged journal, :class:`JournalMissingError` when
-        the sidecar exists but the journal does not.
+        the sidecar exists but the journal does not, :class:`JournalRollbackError` when it
+        ends before its high-water mark — unless ``accept_rollback`` gives the operator's
+        reason, which is journaled as a ``rollback`` record (returned last).
         """
         id_path = _id_path(path)
         if not path.exists():
@@ -75,7 +179,7 @@ class DoseJournal:
                     "journal (or remove both files to start a new ledger on purpose)",
                 )
             return cls._create(path, t_s), []
-        records = cls._read(path)
+        records, lines = cls._read(path)
         header = records[0]
         if id_path.exists():
             expected = id_path.read_text(encoding="utf-8").strip()
@@ -83,8 +187,49 @@ class DoseJournal:
                 raise JournalError(
                     path, 1, f"journal id {header.get('id')!r} is not this rig's ({expected!r})"
                 )
+        rollback = cls._check_mark(path, lines)
+        if rollback is not None and not accept_rollback.strip():
+            raise rollback
         handle = path.open("a", encoding="utf-8")
-        return cls(path, str(header["id"]), len(records), handle), records[1:]
+        journal = cls(path, str(header["id"]), len(records), handle, _MarkFile(_mark_path(path)))
+        records = records[1:]
+        if rollback is not None:
+            lost = {
+                "k": "rollback",
+                "reason": accept_rollback.strip(),
+                "last_n": rollback.last_n,
+                "mark_n": rollback.mark.n,
+                "mark_t": rollback.mark.t_s,
+                "t": t_s,
+            }
+            journal.append(lost, t_s=t_s)
+            records.append({**lost, "n": len(lines)})
+        elif not _mark_path(path).stat().st_size:
+            # A journal from before marks were kept gets one now.
+            journal._write_mark(len(lines) - 1, lines[-1], t_s)
+        return journal, records
+
+    @staticmethod
+    def _check_mark(path: Path, lines: list[str]) -> JournalRollbackError | None:
+        try:
+            mark = _MarkFile.read(_mark_path(path))
+        except (OSError, ValueError) as exc:
+            raise JournalError(
+                path, 0, f"high-water mark {_mark_path(path).name} unreadable ({exc})"
+            ) from None
+        if mark is None:
+            return None
+        last_n = len(lines) - 1
+        if last_n < mark.n:
+            return JournalRollbackError(path, last_n, mark)
+        if _line_crc(lines[mark.n]) != mark.crc:
+            raise JournalError(
+                path,
+                mark.n + 1,
+                f"record {mark.n} is not the one written (high-water mark CRC {mark.crc}): "
+                "the journal was replaced or rewritten",
+            )
+        return None
 
     @classmethod
     def _create(cls, path: Path, t_s: float) -> DoseJournal:
@@ -92,13 +237,17 @@ class DoseJournal:
         journal_id = uuid.uuid4().hex
         _write_durably(_id_path(path), journal_id + "\n")
         handle = path.open("x", encoding="utf-8")
-        journal = cls(path, journal_id, 0, handle)
-        journal.append({"k": "journal", "version": JOURNAL_VERSION, "id": journal_id, "t": t_s})
+        mark_path = _mark_path(path)
+        mark_path.unlink(missing_ok=True)  # an old ledger's mark (its journal was removed)
+        journal = cls(path, journal_id, 0, handle, _MarkFile(mark_path))
+        journal.append(
+            {"k": "journal", "version": JOURNAL_VERSION, "id": journal_id, "t": t_s}, t_s=t_s
+        )
         _fsync_dir(path.parent)
         return journal
 
     @staticmethod
-    def _read(path: Path) -> list[dict[str, Any]]:
+    def _read(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -108,11 +257,13 @@ class DoseJournal:
         if not data.endswith(b"\n"):
             raise JournalError(path, data.count(b"\n") + 1, "last record is incomplete")
         records: list[dict[str, Any]] = []
+        lines: list[str] = []
         for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise JournalError(path, number, "not UTF-8 text") from None
+            lines.append(line)
             text, sep, crc = line.rpartition("\t")
             if not sep or len(crc) != 8:
                 raise JournalError(path, number, "no checksum")
@@ -136,17 +287,23 @@ class DoseJournal:
             raise JournalError(
                 path, 1, f"version {header.get('version')!r}; this build reads {JOURNAL_VERSION}"
             )
-        return records
+        return records, lines
 
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Write one record and fsync it. ``n`` is added here."""
+    def append(self, record: Mapping[str, Any], *, t_s: float = 0.0) -> None:
+        """Write one record made at ``t_s`` and fsync it, then the high-water mark. ``n`` is
+        added here."""
         if self._handle is None:
             raise JournalError(self.path, 0, "journal is closed")
         line = _encode({**record, "n": self._next_n})
         self._handle.write(line)
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        self._write_mark(self._next_n, line, t_s)
         self._next_n += 1
+
+    def _write_mark(self, n: int, line: str, t_s: float) -> None:
+        if self._mark is not None:
+            self._mark.write(HighWaterMark(n, _line_crc(line), t_s))
 
     @property
     def records_written(self) -> int:
@@ -156,6 +313,9 @@ class DoseJournal:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
 
 
 def _write_durably(path: Path, text: str) -> None:

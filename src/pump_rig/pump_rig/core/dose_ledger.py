@@ -7,6 +7,10 @@ an increment that spans a local midnight, so each bucket belongs to one local da
 24 h sum counts a bucket until 24 h after its END, so the window never under-counts (a dose is
 never treated as older than it is). The same buckets make the per-day totals, so a ledger
 rebuilt from the journal equals the one that wrote it.
+
+Each bucket also holds the dose per DRUG: after a refill with another drug the line delivers the
+old drug first, and each drug's 24 h dose is held against its own maximum (the µg of one drug
+are no measure of another). The by-source tables count every drug's µg.
 """
 
 from __future__ import annotations
@@ -51,12 +55,13 @@ class _BySource:
 
 @dataclass(frozen=True)
 class DeliveryBucket(_BySource):
-    """Volume pushed and dose that left the catheter tip in [t0, t1], by source."""
+    """Volume pushed and dose that left the catheter tip in [t0, t1], by source and by drug."""
 
     t0_s: float
     t1_s: float
     volume_ul: Mapping[str, float]
     dose_ug: Mapping[str, float]
+    drug_dose_ug: Mapping[str, float]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -64,24 +69,42 @@ class DeliveryBucket(_BySource):
             "t1": self.t1_s,
             "vol": dict(self.volume_ul),
             "dose": dict(self.dose_ug),
+            "drugs": dict(self.drug_dose_ug),
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> DeliveryBucket:
+    def from_record(cls, record: Mapping[str, Any], *, drug: str = "") -> DeliveryBucket:
+        """A journaled bucket; one from before buckets named their drugs is all ``drug``."""
         vol, dose = record["vol"], record["dose"]
         t0, t1 = float(record["t0"]), float(record["t1"])
         sources = {s.value for s in DoseSource}
         for table in (vol, dose):
             if not isinstance(table, dict) or not set(table) <= sources:
                 raise ValueError(f"bad source table {table!r}")
-            for v in table.values():
-                if not (isinstance(v, float | int) and math.isfinite(v) and v >= 0):
-                    raise ValueError(f"bad amount {v!r}")
+            _check_amounts(table)
+        if "drugs" in record:
+            drugs = record["drugs"]
+            if not isinstance(drugs, dict) or not all(isinstance(k, str) for k in drugs):
+                raise ValueError(f"bad drug table {drugs!r}")
+            _check_amounts(drugs)
+        else:
+            total = math.fsum(float(v) for v in dose.values())
+            drugs = {drug: total} if total > 0 else {}
         if not (math.isfinite(t0) and math.isfinite(t1) and t1 >= t0):
             raise ValueError(f"bad bucket times {t0!r}..{t1!r}")
         return cls(
-            t0, t1, {k: float(v) for k, v in vol.items()}, {k: float(v) for k, v in dose.items()}
+            t0,
+            t1,
+            {k: float(v) for k, v in vol.items()},
+            {k: float(v) for k, v in dose.items()},
+            {k: float(v) for k, v in drugs.items()},
         )
+
+
+def _check_amounts(table: Mapping[str, object]) -> None:
+    for v in table.values():
+        if not (isinstance(v, float | int) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"bad amount {v!r}")
 
 
 @dataclass
@@ -91,6 +114,24 @@ class DayTotal(_BySource):
     day: int
     volume_ul: dict[str, float] = field(default_factory=dict)
     dose_ug: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _OpenBucket:
+    t0_s: float
+    t1_s: float
+    volume_ul: dict[str, float]
+    dose_ug: dict[str, float]
+    drug_dose_ug: dict[str, float]
+
+    def closed(self) -> DeliveryBucket:
+        return DeliveryBucket(
+            self.t0_s,
+            self.t1_s,
+            dict(self.volume_ul),
+            dict(self.dose_ug),
+            dict(self.drug_dose_ug),
+        )
 
 
 class DoseLedger:
@@ -104,43 +145,72 @@ class DoseLedger:
         self._window: deque[DeliveryBucket] = deque()
         self._left_t1: float | None = None  # end of the last bucket that left the window
         self._days: dict[int, DayTotal] = {}
-        self._open: tuple[float, float, dict[str, float], dict[str, float]] | None = None
+        self._open: _OpenBucket | None = None
         self._total_volume: list[float] = []
         self._total_dose: list[float] = []
 
     # --- writing ----------------------------------------------------------------------------
 
-    def add(self, t_s: float, source: DoseSource, volume_ul: float, dose_ug: float) -> None:
-        """Account an increment delivered up to ``t_s`` (into the open bucket)."""
+    def add(
+        self,
+        t_s: float,
+        source: DoseSource,
+        volume_ul: float,
+        dose_ug: float,
+        drug_dose_ug: Mapping[str, float] | None = None,
+    ) -> None:
+        """Account an increment delivered up to ``t_s`` (into the open bucket);
+        ``drug_dose_ug`` splits ``dose_ug`` by drug."""
         if self._open is None:
-            self._open = (t_s, t_s, {}, {})
-        t0, _t1, vol, dose = self._open
-        vol[source.value] = vol.get(source.value, 0.0) + volume_ul
-        dose[source.value] = dose.get(source.value, 0.0) + dose_ug
-        self._open = (t0, max(t_s, _t1), vol, dose)
+            self._open = _OpenBucket(t_s, t_s, {}, {}, {})
+        bucket = self._open
+        bucket.t1_s = max(t_s, bucket.t1_s)
+        bucket.volume_ul[source.value] = bucket.volume_ul.get(source.value, 0.0) + volume_ul
+        bucket.dose_ug[source.value] = bucket.dose_ug.get(source.value, 0.0) + dose_ug
+        for drug, amount in (drug_dose_ug or {}).items():
+            bucket.drug_dose_ug[drug] = bucket.drug_dose_ug.get(drug, 0.0) + amount
 
     def bucket_due(self, t_s: float) -> bool:
         """The open bucket has spanned ``bucket_s`` or ``t_s`` is on another local day."""
         if self._open is None:
             return False
-        return t_s - self._open[0] >= self.bucket_s or self.day_changes(t_s)
+        return t_s - self._open.t0_s >= self.bucket_s or self.day_changes(t_s)
 
     def day_changes(self, t_s: float) -> bool:
         """Delivery reported at ``t_s`` belongs to another local day than the open bucket
         (close it before adding that delivery)."""
         if self._open is None:
             return False
-        return self.day_ending_at(self._open[0]) != self.day_ending_at(t_s)
+        return self.day_ending_at(self._open.t0_s) != self.day_ending_at(t_s)
 
     def close_bucket(self) -> DeliveryBucket | None:
         """Close the open bucket; return it (to be journaled), or None if nothing is open."""
         if self._open is None:
             return None
-        t0, t1, vol, dose = self._open
+        bucket = self._open.closed()
         self._open = None
-        bucket = DeliveryBucket(t0, t1, vol, dose)
         self.apply(bucket)
         return bucket
+
+    @property
+    def open_bucket(self) -> DeliveryBucket | None:
+        """The bucket still gathering delivery (journaled inside every state record, so a
+        crash loses none of it and a restart closes it where the running ledger would)."""
+        return self._open.closed() if self._open is not None else None
+
+    def reopen(self, bucket: DeliveryBucket | None) -> None:
+        """Restore the open bucket of a journaled state."""
+        self._open = (
+            None
+            if bucket is None
+            else _OpenBucket(
+                bucket.t0_s,
+                bucket.t1_s,
+                dict(bucket.volume_ul),
+                dict(bucket.dose_ug),
+                dict(bucket.drug_dose_ug),
+            )
+        )
 
     def apply(self, bucket: DeliveryBucket) -> None:
         """Account a closed bucket (also how the journal is replayed)."""
@@ -179,16 +249,22 @@ class DoseLedger:
         while self._window and self._window[0].t1_s + WINDOW_S <= t_s:
             self._left_t1 = self._window.popleft().t1_s
 
-    def _in_window(self, t_s: float) -> Iterable[Mapping[str, float]]:
+    def _in_window(self, t_s: float, *, by_drug: bool = False) -> Iterable[Mapping[str, float]]:
         self._expire(t_s)
         for bucket in self._window:
-            yield bucket.dose_ug
+            yield bucket.drug_dose_ug if by_drug else bucket.dose_ug
         if self._open is not None:
-            yield self._open[3]
+            yield self._open.drug_dose_ug if by_drug else self._open.dose_ug
 
-    def dose_24h_ug(self, t_s: float) -> float:
-        """Patient dose in the 24 h up to ``t_s``."""
-        return math.fsum(v for table in self._in_window(t_s) for v in table.values())
+    def dose_24h_ug(self, t_s: float, drug: str | None = None) -> float:
+        """Patient dose in the 24 h up to ``t_s``: of ``drug``, or of every drug (None)."""
+        if drug is None:
+            return math.fsum(v for table in self._in_window(t_s) for v in table.values())
+        return math.fsum(table.get(drug, 0.0) for table in self._in_window(t_s, by_drug=True))
+
+    def drugs_24h(self, t_s: float) -> set[str]:
+        """Every drug with a dose in the 24 h up to ``t_s``."""
+        return {d for table in self._in_window(t_s, by_drug=True) for d, v in table.items() if v}
 
     def dose_24h_by_source_ug(self, t_s: float) -> dict[str, float]:
         parts: dict[str, list[float]] = {s.value: [] for s in DoseSource}
@@ -197,14 +273,21 @@ class DoseLedger:
                 parts[source].append(amount)
         return {source: math.fsum(values) for source, values in parts.items()}
 
-    def leaving(self, t_s: float) -> tuple[list[float], list[float], list[float]]:
+    def leaving(
+        self, t_s: float, drug: str | None = None
+    ) -> tuple[list[float], list[float], list[float]]:
         """When the closed buckets in the window at ``t_s`` leave it (time order, as they
-        were closed in time order), the cumulative dose gone by each of those times, and the
-        time each bucket's delivery spans (s; from the end of the bucket before, or at most a
-        bucket before its first report)."""
+        were closed in time order), the cumulative dose (of ``drug``, or of all) gone by each
+        of those times, and the time each bucket's delivery spans (s; from the end of the
+        bucket before, or at most a bucket before its first report)."""
         self._expire(t_s)
         times = [b.t1_s + WINDOW_S for b in self._window]
-        gone = list(itertools.accumulate(b.total_dose_ug for b in self._window))
+        gone = list(
+            itertools.accumulate(
+                b.total_dose_ug if drug is None else b.drug_dose_ug.get(drug, 0.0)
+                for b in self._window
+            )
+        )
         # A bucket's delivery began at the end of the one before (its t0 is its first report).
         first = self._left_t1 if self._left_t1 is not None else -math.inf
         starts = [first, *(b.t1_s for b in self._window)][: len(self._window)]
@@ -216,22 +299,35 @@ class DoseLedger:
 
     @property
     def total_volume_ul(self) -> float:
-        open_vol = math.fsum(self._open[2].values()) if self._open else 0.0
+        open_vol = math.fsum(self._open.volume_ul.values()) if self._open else 0.0
         return math.fsum([*self._total_volume, open_vol])
 
     @property
     def total_dose_ug(self) -> float:
-        open_dose = math.fsum(self._open[3].values()) if self._open else 0.0
+        open_dose = math.fsum(self._open.dose_ug.values()) if self._open else 0.0
         return math.fsum([*self._total_dose, open_dose])
 
     def day_totals(self) -> list[DayTotal]:
-        """Closed buckets per local day, oldest first (the open bucket is not included)."""
-        return [self._days[d] for d in sorted(self._days)]
+        """Delivery per local day, oldest first: the closed buckets and the open one (a clean
+        shutdown leaves it open, journaled as it is)."""
+        days = {d: DayTotal(d, dict(t.volume_ul), dict(t.dose_ug)) for d, t in self._days.items()}
+        if self._open is not None:
+            number = self.day_ending_at(self._open.t1_s)
+            day = days.setdefault(number, DayTotal(number))
+            for table, target in (
+                (self._open.volume_ul, day.volume_ul),
+                (self._open.dose_ug, day.dose_ug),
+            ):
+                for source, amount in table.items():
+                    target[source] = target.get(source, 0.0) + amount
+        return [days[d] for d in sorted(days)]
 
     def state(
         self,
     ) -> tuple[list[dict[str, Any]], dict[int, tuple[dict[str, float], dict[str, float]]]]:
         """Everything the ledger holds, for equality checks after a restart."""
         window = [b.to_record() for b in self._window]
+        if self._open is not None:
+            window.append({"open": self._open.closed().to_record()})
         days = {d: (dict(t.volume_ul), dict(t.dose_ug)) for d, t in self._days.items()}
         return window, days

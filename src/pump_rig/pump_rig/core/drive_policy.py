@@ -57,6 +57,8 @@ class DriveTarget:
     volume_limit_ul: float
     sequence: int
     reason: str
+    # Stop when the device counter reaches this (0 = none): see PumpCommand.stop_at_delivered_ul.
+    stop_at_delivered_ul: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class DrivePolicy:
         self._action = PumpAction.STOP
         self._rate_ul_per_h = 0.0
         self._volume_limit_ul = 0.0
+        self._stop_at_ul = 0.0
         self._sequence = 0
         self._last_command_s: float | None = None
         self._last_command_wall_s: float | None = None
@@ -97,6 +100,7 @@ class DrivePolicy:
         volume_limit_ul: float,
         sequence: int,
         wall_s: float | None = None,
+        stop_at_delivered_ul: float = 0.0,
     ) -> CommandVerdict:
         """Take a command (or heartbeat) received at ROS time ``t_s`` (and monotonic wall time
         ``wall_s``, when known). A command outside the limits stops the pump."""
@@ -123,6 +127,8 @@ class DrivePolicy:
                 )
             if not math.isfinite(volume_limit_ul) or volume_limit_ul < 0:
                 return self._refuse(sequence, f"invalid volume limit {volume_limit_ul} µL")
+            if not math.isfinite(stop_at_delivered_ul) or stop_at_delivered_ul < 0:
+                return self._refuse(sequence, f"invalid stop at {stop_at_delivered_ul} µL")
             if volume_limit_ul > self.limits.max_volume_per_command_ul:
                 return self._refuse(
                     sequence,
@@ -132,6 +138,7 @@ class DrivePolicy:
         self._action = parsed
         self._rate_ul_per_h = flow_rate_ul_per_h if parsed != PumpAction.STOP else 0.0
         self._volume_limit_ul = volume_limit_ul
+        self._stop_at_ul = stop_at_delivered_ul if parsed != PumpAction.STOP else 0.0
         self._sequence = sequence
         if self._estop_reason is not None:
             # Sent by someone who may not know about the estop: it must not start the pump
@@ -167,7 +174,13 @@ class DrivePolicy:
         if stop is not None:
             return DriveTarget(False, direction, 0.0, 0.0, self._sequence, stop)
         return DriveTarget(
-            True, direction, self._rate_ul_per_h, self._volume_limit_ul, self._sequence, ""
+            True,
+            direction,
+            self._rate_ul_per_h,
+            self._volume_limit_ul,
+            self._sequence,
+            "",
+            self._stop_at_ul,
         )
 
     def _stopped(self, t_s: float, wall_s: float | None) -> str | None:

@@ -120,7 +120,8 @@ class TitrationLimit:
                 f"current_daily_dose_ug must be a finite number >= 0 (got {show_value(current)})"
             )
         if self.percent is not None:
-            return current * self.percent / 100.0
+            # percent / 100 first: a factor <= 1 never rounds the rise above the current dose.
+            return current * (self.percent / 100.0)
         assert self.ug is not None  # __post_init__: exactly one is set
         return self.ug
 

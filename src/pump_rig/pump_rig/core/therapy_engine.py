@@ -5,11 +5,19 @@ Everything is pure and takes the time (ROS time, seconds). The engine
 * runs the program's weekly dose schedule, patient boluses (lockout, count per 24 h),
   clinician, priming and bridge boluses, refills and suspensions;
 * accounts delivered volume from the DEVICE's reports only (DESIGN invariant 6), pushes it
-  through the catheter line model, and counts as patient dose the drug that leaves the tip;
-* never lets the rolling 24 h dose pass the daily maximum (invariant 3): boluses are refused,
-  basal is capped by a device volume limit and stops at the maximum;
-* journals every change and every delivery bucket (fsync'd), and rebuilds itself exactly from
-  the journal on restart (invariant 4). A journal it cannot trust stops all dosing.
+  through the catheter line model, and counts as patient dose the drug that leaves the tip,
+  each drug as itself (after a refill with another drug the line delivers the old one first);
+* never lets the rolling 24 h dose of any drug pass its daily maximum (invariant 3): boluses
+  are refused, and every command near the maximum carries a device volume limit and an
+  absolute stop on the device's own counter (``stop_at_device_ul``), so what the previous
+  command delivers before a new one takes effect is counted whatever the command latency, and
+  one device step short of the room, so a device stopping on whole steps cannot pass it;
+* journals every change and every delivery bucket (fsync'd), each record with the state it
+  leaves (the open bucket and the device counter booked so far included, so a crash loses no
+  booked volume), and rebuilds itself exactly from the journal on restart (invariant 4): a
+  clean restart is invisible to every later decision. A journal it cannot trust, or one that
+  lost its last records (its high-water mark says so), stops all dosing until an operator
+  accepts the loss.
 
 It never raises a rate to make up a shortfall: it raises ``UNDER_DELIVERY`` instead.
 """
@@ -26,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pump_rig.core.catheter_line import CatheterLine, Segment
-from pump_rig.core.dose_journal import DoseJournal, JournalError
+from pump_rig.core.dose_journal import DoseJournal, JournalError, JournalRollbackError
 from pump_rig.core.dose_ledger import DeliveryBucket, DoseLedger, DoseSource
 from pump_rig.core.drug_library import Drug, DrugLibrary, DrugLibraryError
 from pump_rig.core.program import (
@@ -78,6 +86,8 @@ CORE_ALARM_CODES: Final = frozenset(
 _LATCHED_NOTICES: Final = (UNDER_DELIVERY, REFILL_DISCREPANCY, VOLUME_COUNTER_RESET)
 
 _MAX_REMEMBERED_REQUESTS: Final = 256
+# Room below this is none: what float rounding leaves of a window at its maximum.
+_ROOM_EPS_UL: Final = 1e-9
 _REL_EPS: Final = 1e-9
 
 
@@ -137,6 +147,11 @@ class CommandIntent:
     flow_rate_ul_per_h: float
     volume_limit_ul: float  # 0 = none
     reason: str
+    # The device must stop when its cumulative counter (PumpState.delivered_volume_ul, the value
+    # given to on_device_volume) reaches this; 0 = none. Unlike volume_limit_ul, which counts
+    # from when the device applies the command, this counts what the previous command delivered
+    # before this one took effect.
+    stop_at_device_ul: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +247,28 @@ class _Issued:
     applied_ul: float | None = None
     applied_t_s: float = 0.0
 
+    def to_record(self) -> dict[str, Any]:
+        i = self.intent
+        return {
+            "a": int(i.action),
+            "rate": i.flow_rate_ul_per_h,
+            "lim": i.volume_limit_ul,
+            "why": i.reason,
+            "stop": i.stop_at_device_ul,
+            "basal": self.basal_rate_ul_per_h,
+            "bolus": self.bolus_rate_ul_per_h,
+            "ap": self.applied_ul,
+            "apt": self.applied_t_s,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> _Issued:
+        intent = CommandIntent(
+            PumpAction(int(r["a"])), float(r["rate"]), float(r["lim"]), str(r["why"]), r["stop"]
+        )
+        applied = None if r["ap"] is None else float(r["ap"])
+        return cls(intent, float(r["basal"]), float(r["bolus"]), applied, float(r["apt"]))
+
 
 class TherapyEngine:
     """Build with :meth:`open` (journaled) or directly (in memory, for tests and tools)."""
@@ -278,6 +315,12 @@ class TherapyEngine:
         self._issued: _Issued | None = None
         self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
         self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
+        # The program of the drug a refill replaced, while a bridge delivers what of it is
+        # left in the line (its rate and its daily maximum).
+        self._bridge_program: TherapyProgram | None = None
+        # After an accepted journal rollback: no bolus until the lost records' grants and
+        # doses have surely left the 24 h window.
+        self._bolus_hold_until_s: float | None = None
 
     # --- construction with a journal --------------------------------------------------------
 
@@ -290,21 +333,30 @@ class TherapyEngine:
         journal_path: Path | None,
         config: EngineConfig | None = None,
         initial_program: TherapyProgram | None = None,
+        confirm_rollback: str = "",
     ) -> TherapyEngine:
         """Engine restored from ``journal_path`` (created if new; None = not persisted).
 
         A journal that cannot be trusted gives an engine that refuses to dose and shows a
         critical ``JOURNAL_FAULT`` until the journal is repaired and the node restarted.
+        One that lost its last records likewise, until it is opened again with
+        ``confirm_rollback`` (the operator's reason, journaled): therapy then stays suspended
+        until resumed, and no bolus is given until 24 h after the last lost record.
         ``initial_program`` is applied only to a ledger that has no program yet.
         """
         if journal_path is None:
             engine = cls(t_s=t_s, library=library, config=config)
         else:
             try:
-                journal, records = DoseJournal.open(journal_path, t_s=t_s)
+                journal, records = DoseJournal.open(
+                    journal_path, t_s=t_s, accept_rollback=confirm_rollback
+                )
             except (JournalError, OSError) as exc:
                 engine = cls(t_s=t_s, library=library, config=config)
-                engine._enter_fault(str(exc))
+                hint = ""
+                if isinstance(exc, JournalRollbackError):
+                    hint = "; confirm the loss with a reason to go on"
+                engine._enter_fault(f"{exc}{hint}")
                 return engine
             engine = cls(t_s=t_s, library=library, config=config, journal=journal)
             try:
@@ -321,11 +373,11 @@ class TherapyEngine:
         return engine
 
     def close(self) -> None:
-        """Journal the open delivery bucket and the state (what was prescribed since the last
-        record, even while nothing was delivered), then close the journal (a clean shutdown)."""
-        if self._fault is None:
-            self._flush_bucket()
-            self._record("close")
+        """Journal the state (what was prescribed since the last record, even while nothing
+        was delivered, and the open bucket as it is: closing it early would move the bucket
+        ends a restarted engine decides on), then close the journal (a clean shutdown)."""
+        if self._fault is None and self._journal is not None:
+            self._append({"k": "close", "s": self._state_record()})
         if self._journal is not None:
             self._journal.close()
             self._journal = None  # closed for good: nothing more is journaled
@@ -478,6 +530,9 @@ class TherapyEngine:
             raise TherapyError(f"a bolus is in progress ({self._bolus_text()})")
         if kind == "bridge":
             return self._start_bridge()
+        problem = self._bolus_problem(t_s)
+        if problem:
+            raise TherapyError(problem)
         line, conc = self._require_line(), self._res_conc
         if kind == "clinician":
             _check_positive("dose_ug", dose_ug)
@@ -509,8 +564,16 @@ class TherapyEngine:
         concentration_ug_per_ml: float,
         withdrawn_ul: float = 0.0,
         bridge: bool = False,
+        flush: bool = False,
     ) -> RefillResult:
-        """Discard the residual drug and fill ``volume_ul`` of ``drug`` at the concentration."""
+        """Discard the residual drug and fill ``volume_ul`` of ``drug`` at the concentration.
+
+        What is left of the old fluid in the line reaches the patient first. ``bridge`` doses
+        it by its own concentration (and, after a change of drug, at the old program's rate and
+        against the old drug's maximum) until the new fluid reaches the tip; ``flush`` says the
+        line was emptied outside the patient and holds saline (prime it). A change of drug
+        needs one of the two: without them the old drug would be pushed at the new drug's rate.
+        """
         self._advance(t_s)
         self._refuse_if_fault()
         program = self._program
@@ -535,8 +598,22 @@ class TherapyEngine:
                 f"drug: refilling with {new_drug.name} instead of {self._res_drug} needs "
                 "suspended therapy (and then a program for the new drug)"
             )
-        if bridge and (changes_drug or concentration_ug_per_ml == self._res_conc):
-            raise TherapyError("bridge: only for a new concentration of the same drug")
+        if bridge and flush:
+            raise TherapyError("bridge, flush: one or the other (flush empties the line)")
+        line = self._require_line()
+        old_drugs = line.drugs() - {new_drug.name}
+        if old_drugs and not (bridge or flush):
+            raise TherapyError(
+                f"drug: the line still holds {', '.join(sorted(old_drugs))}; refilling with "
+                f"{new_drug.name} needs a plan for it: bridge (deliver it at its own program's "
+                "rate) or flush (the line was emptied and holds saline)"
+            )
+        if bridge and not changes_drug and concentration_ug_per_ml == self._res_conc:
+            raise TherapyError("bridge: only for a new concentration or a new drug")
+        if bridge and changes_drug and (self._program is None or self._drug is None):
+            raise TherapyError(
+                f"bridge: no program for {self._res_drug} to deliver the line's rest with"
+            )
         discarded = self._res_volume
         notes = [f"discarded {discarded:.6g} µL"]
         if withdrawn_ul > 0:
@@ -551,6 +628,12 @@ class TherapyEngine:
                     "check delivery",
                 )
         self._flush_bucket()
+        if flush:
+            removed = line.flush()
+            notes.append(f"line flushed ({removed.dose_ug:.6g} µg removed; prime it)")
+        self._bridge_program = None
+        if bridge and changes_drug:
+            self._bridge_program = self._program
         self._fill(new_drug.name, concentration_ug_per_ml, volume_ul)
         if changes_drug:
             self._program, self._drug = None, None
@@ -566,6 +649,7 @@ class TherapyEngine:
             withdrawn=withdrawn_ul,
             discarded=discarded,
             bridge=bool(bridge),
+            flush=bool(flush),
         )
         self._update_reservoir_alarms()
         days, when = self._refill_projection(t_s)
@@ -574,6 +658,9 @@ class TherapyEngine:
         )
         if bridge:
             notes.append("bridge: dosing by the concentration at the catheter tip")
+            if changes_drug:
+                old = ", ".join(sorted(old_drugs))
+                notes.append(f"{old} in the line at its own program's rate")
         return RefillResult(discarded, self._res_volume, days, when, "; ".join(notes))
 
     def on_device_volume(
@@ -597,27 +684,36 @@ class TherapyEngine:
             return
         self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
         baseline, since = self._baseline, self._baseline_t
-        self._baseline, self._baseline_t = delivered_volume_ul, t_s
-        if baseline is None:
+        issued = self._issued
+        applied_now = command_applied and issued is not None and issued.applied_ul is None
+        if baseline is not None and applied_now and issued is not None:
+            issued.applied_ul, issued.applied_t_s = self._device_total, t_s
+        if baseline is None or delivered_volume_ul < baseline:
+            if baseline is not None:
+                self._set_core_alarm(
+                    VOLUME_COUNTER_RESET,
+                    AlarmSeverity.WARNING,
+                    True,
+                    f"device volume counter went back from {baseline:.3f} to "
+                    f"{delivered_volume_ul:.3f} µL; re-baselined",
+                )
+            # Journaled at once: whatever the device delivers after this reading is counted
+            # from it, also by an engine restarted after a crash.
+            self._baseline, self._baseline_t = delivered_volume_ul, t_s
+            self._record("baseline")
             return
         delta = delivered_volume_ul - baseline
-        issued = self._issued
-        if command_applied and issued is not None and issued.applied_ul is None:
-            issued.applied_ul, issued.applied_t_s = self._device_total, t_s
-        if delta < 0.0:
-            self._set_core_alarm(
-                VOLUME_COUNTER_RESET,
-                AlarmSeverity.WARNING,
-                True,
-                f"device volume counter went back from {baseline:.3f} to "
-                f"{delivered_volume_ul:.3f} µL; re-baselined",
-            )
-            return
         if delta > 0.0:
-            for t_end, part_ul in self._split_at_midnights(since, t_s, delta):
+            booked: list[float] = [baseline]
+            parts = self._split_at_midnights(since, t_s, delta)
+            for k, (t_end, part_ul) in enumerate(parts):
                 if self._ledger.day_changes(t_end):
                     self._flush_bucket()
-                self._deliver(t_end, part_ul, command_applied)
+                booked.append(part_ul)
+                counter = delivered_volume_ul if k == len(parts) - 1 else math.fsum(booked)
+                self._deliver(t_end, part_ul, command_applied, counter)
+        else:
+            self._baseline_t = t_s
         # Also on an unchanged counter: a device that delivers nothing is the worst shortfall.
         self._check_under_delivery(t_s)
         if self._ledger.bucket_due(t_s):
@@ -696,7 +792,9 @@ class TherapyEngine:
             concentration_ug_per_ml=self._res_conc,
             basal_rate_ul_per_h=self._basal_rate(t_s) if program else 0.0,
             delivered_volume_ul=self._ledger.total_volume_ul,
-            delivered_dose_24h_ug=self._ledger.dose_24h_ug(t_s),
+            # The reservoir drug's (the program's): another drug still in the line counts
+            # against its own maximum, not this one.
+            delivered_dose_24h_ug=self._ledger.dose_24h_ug(t_s, self._res_drug or None),
             reservoir_volume_ul=self._res_volume,
             boluses_24h=self._boluses_24h(t_s),
             prescribed_volume_ul=self._prescribed_ul,
@@ -733,17 +831,44 @@ class TherapyEngine:
                 return run if run.concentration_ug_per_ml > 0 else None
         return None
 
-    def _rate_concentration(self) -> float:
-        """Concentration the basal rate is computed from: the tip's during a bridge."""
+    def _program_for(self, drug: str) -> TherapyProgram | None:
+        """The program that doses ``drug``: the current one, or the one a refill with another
+        drug replaced while a bridge delivers the rest of its drug."""
+        for program in (self._program, self._bridge_program):
+            if program is not None and program.drug == drug:
+                return program
+        return None
+
+    def _drug_limit_ug(self, drug: str) -> float:
+        """The daily maximum of ``drug``: its program's, or else the library's."""
+        program = self._program_for(drug)
+        try:
+            entry = self.library.get(drug)
+        except DrugLibraryError:
+            return 0.0
+        return program.daily_limit_ug(entry) if program is not None else entry.max_daily_dose_ug
+
+    def _rate_fluid(self) -> tuple[TherapyProgram | None, float]:
+        """The program and concentration the basal rate is computed from: the reservoir's,
+        or during a bridge the tip's (and that drug's program)."""
         run = self._bridge_run()
-        return run.concentration_ug_per_ml if run is not None else self._res_conc
+        if run is None:
+            return self._program, self._res_conc
+        return self._program_for(run.drug), run.concentration_ug_per_ml
+
+    def _rate_concentration(self) -> float:
+        return self._rate_fluid()[1]
 
     def _basal_rate(self, t_s: float) -> float:
-        program = self._program
-        conc = self._rate_concentration()
-        if program is None or conc <= 0:
+        program, conc = self._rate_fluid()
+        if self._program is None or program is None or conc <= 0:
             return 0.0
         return program.schedule.dose_rate_ug_per_h(t_s) / conc * _UL_PER_ML
+
+    def _room_ug(self, t_s: float) -> dict[str, float]:
+        """What each drug in the line or the reservoir may still deliver in the 24 h window."""
+        drugs = self._require_line().drugs() | {self._res_drug}
+        return {d: self._drug_limit_ug(d) - self._ledger.dose_24h_ug(t_s, d) for d in drugs}
 
     def _desired(self, t_s: float) -> tuple[CommandIntent, float, float]:
         state = self.state
@@ -762,15 +887,26 @@ class TherapyEngine:
             rate = basal + bolus_rate
             limit = bolus.left_ul * rate / bolus_rate
             reason = f"{bolus.source.value} {bolus.left_ul:.6g} µL left + {reason}"
+        # Volume the device may push past the counter already booked (the baseline).
+        stop_after = math.inf
         run = self._bridge_run()
-        if run is not None and run.concentration_ug_per_ml != self._res_conc:
+        if run is not None and (run.concentration_ug_per_ml, run.drug) != (
+            self._res_conc,
+            self._res_drug,
+        ):
             # The pump stops by itself where this run ends (its rate is this run's), exactly
             # and at any clock speed; the next command follows the next run.
             limit = min(limit, run.volume_ul)
-        # Never past the daily maximum: cap the volume the device may deliver.
-        headroom = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s)
+            stop_after = run.volume_ul
+        # Never past any drug's daily maximum: cap the volume the device may deliver, one
+        # device step short of the room (a device stopping on whole steps may pass a limit
+        # by up to one).
         line = self._require_line()
-        if headroom <= self.daily_limit_ug() * _REL_EPS:
+        room_ul = (
+            line.volume_within_ul(self._room_ug(t_s), self._res_drug, self._res_conc)
+            - self.resolution_ul
+        )
+        if room_ul <= _ROOM_EPS_UL:
             self._set_core_alarm(
                 DOSE_LIMIT,
                 AlarmSeverity.WARNING,
@@ -778,12 +914,19 @@ class TherapyEngine:
                 f"24 h dose at the daily maximum of {self.daily_limit_ug():g} µg: delivery held",
             )
             return CommandIntent(PumpAction.STOP, 0.0, 0.0, "daily maximum reached"), 0.0, 0.0
-        headroom_ul = line.volume_for_dose_ul(headroom, self._res_conc)
-        if headroom_ul < rate * self.config.dose_limit_horizon_s / SECONDS_PER_HOUR:
-            limit = min(limit, headroom_ul)
-            reason += f"; capped at {headroom_ul:.6g} µL by the daily maximum"
-        else:
+        # Capped when the room could be used up within the horizon at the faster of this and
+        # the running command, counting the time since the device last reported.
+        running = self._issued.intent if self._issued is not None else None
+        fastest = max(rate, running.flow_rate_ul_per_h if running is not None else 0.0)
+        horizon_s = self.config.dose_limit_horizon_s
+        near_max = room_ul < fastest * horizon_s / SECONDS_PER_HOUR
+        if not near_max:
             self._set_core_alarm(DOSE_LIMIT, AlarmSeverity.WARNING, False, "below the maximum")
+        unseen_s = t_s - self._baseline_t if self._baseline is not None else 0.0
+        if near_max or room_ul < fastest * (horizon_s + unseen_s) / SECONDS_PER_HOUR:
+            limit = min(limit, room_ul)
+            stop_after = min(stop_after, room_ul)
+            reason += f"; capped at {room_ul:.6g} µL by the daily maximum"
         if rate <= 0.0:
             return CommandIntent(PumpAction.STOP, 0.0, 0.0, "basal rate 0"), 0.0, 0.0
         if rate > self.config.max_rate_ul_per_h:
@@ -794,8 +937,11 @@ class TherapyEngine:
         limit = min(limit, self.config.max_volume_per_command_ul)
         if limit >= self.config.max_volume_per_command_ul and bolus is None:
             limit = 0.0  # a plain basal command needs no device limit
+        stop_at = 0.0
+        if self._baseline is not None and math.isfinite(stop_after):
+            stop_at = self._baseline + stop_after
         intent = CommandIntent(
-            PumpAction.INFUSE, rate, limit if math.isfinite(limit) else 0.0, reason
+            PumpAction.INFUSE, rate, limit if math.isfinite(limit) else 0.0, reason, stop_at
         )
         return intent, basal, bolus_rate
 
@@ -807,6 +953,16 @@ class TherapyEngine:
             return old.reason == desired.reason
         if not math.isclose(old.flow_rate_ul_per_h, desired.flow_rate_ul_per_h, rel_tol=1e-12):
             return False
+        old_stop, new_stop = old.stop_at_device_ul, desired.stop_at_device_ul
+        if (old_stop > 0.0) != (new_stop > 0.0):
+            return False
+        if old_stop > 0.0:
+            if old_stop > new_stop + 1e-12 * max(1.0, new_stop):
+                return False  # the running stop would let the device past what is allowed now
+            # A later stop is resent only once the room it adds is worth a new command.
+            gained = new_stop - old_stop
+            if gained > max(self.resolution_ul, 0.01 * (new_stop - (self._baseline or 0.0))):
+                return False
         if old.volume_limit_ul == 0.0 or desired.volume_limit_ul == 0.0:
             return old.volume_limit_ul == desired.volume_limit_ul
         if issued.applied_ul is None:
@@ -831,8 +987,14 @@ class TherapyEngine:
         parts.append((t1_s, left))
         return parts
 
-    def _deliver(self, t_s: float, volume_ul: float, command_applied: bool) -> None:
+    def _deliver(
+        self, t_s: float, volume_ul: float, command_applied: bool, counter_ul: float
+    ) -> None:
+        """Book ``volume_ul`` delivered up to ``t_s``; the device counter then read
+        ``counter_ul``. The baseline moves with the booking, before anything is journaled,
+        so every record's state counts each µL exactly once."""
         line = self._line
+        self._baseline, self._baseline_t = counter_ul, t_s
         if line is None:
             # Volume with no fill known (no program ever): volume only, no drug.
             self._device_total += volume_ul
@@ -856,9 +1018,17 @@ class TherapyEngine:
             bolus.delivered_ul += part
         else:
             shares[self._basal_source()] = volume_ul
-        outflow = line.push(volume_ul, self._res_conc)
+        outflow = line.push(volume_ul, self._res_conc, self._res_drug)
+        by_drug = outflow.dose_by_drug_ug()
         for source, vol in shares.items():
-            self._ledger.add(t_s, source, vol, outflow.dose_ug * vol / volume_ul)
+            share = vol / volume_ul
+            self._ledger.add(
+                t_s,
+                source,
+                vol,
+                outflow.dose_ug * share,
+                {drug: dose * share for drug, dose in by_drug.items()},
+            )
         self._device_total += volume_ul
         self._res_volume = max(0.0, self._res_volume - volume_ul)
         if bolus is not None and bolus.left_ul <= max(
@@ -867,20 +1037,23 @@ class TherapyEngine:
             self._bolus = None
             self._record("bolus_done", src=bolus.source.value)
         if self._bridge and (
-            line.volume_until_concentration_ul(self._res_conc) <= self.resolution_ul
+            line.volume_until_concentration_ul(self._res_conc, self._res_drug) <= self.resolution_ul
         ):
             self._bridge = False
+            self._bridge_program = None
             self._record("bridge_done")
-        limit = self.daily_limit_ug()
-        dose_24h = self._ledger.dose_24h_ug(t_s) if limit > 0 else 0.0
-        if dose_24h > limit * (1.0 + 1e-6):
-            self._latch(f"{DOSE_LIMIT}: the device delivered past the daily maximum")
-            self._set_core_alarm(
-                DOSE_LIMIT,
-                AlarmSeverity.CRITICAL,
-                True,
-                f"24 h dose {dose_24h:.6g} µg is above the daily maximum of {limit:g} µg: stopped",
-            )
+        for drug in sorted(by_drug):
+            limit = self._drug_limit_ug(drug)
+            dose_24h = self._ledger.dose_24h_ug(t_s, drug)
+            if dose_24h > limit * (1.0 + 1e-6) and self._latched is None:
+                self._latch(f"{DOSE_LIMIT}: the device delivered past the daily maximum")
+                self._set_core_alarm(
+                    DOSE_LIMIT,
+                    AlarmSeverity.CRITICAL,
+                    True,
+                    f"24 h dose of {drug} {dose_24h:.6g} µg is above its daily maximum of "
+                    f"{limit:g} µg: stopped",
+                )
         self._update_reservoir_alarms()
 
     def _check_under_delivery(self, t_s: float) -> None:
@@ -921,6 +1094,11 @@ class TherapyEngine:
         policy = program.patient_bolus
         if self.state is not TherapyState.RUNNING:
             return BolusAnswer(False, f"therapy is {self.state.name}", next_allowed_in_s=-1.0)
+        problem = self._bolus_problem(t_s)
+        if problem:
+            hold = self._bolus_hold_until_s
+            wait = hold - t_s if hold is not None and hold > t_s else -1.0
+            return BolusAnswer(False, f"denied: {problem}", next_allowed_in_s=wait)
         waits: list[tuple[float, str]] = []
         if self._bolus is not None:
             rate = self._bolus.rate_ul_per_h
@@ -957,6 +1135,23 @@ class TherapyEngine:
             policy.lockout_s,
         )
 
+    def _bolus_problem(self, t_s: float) -> str:
+        """Why no bolus of the program's drug can be given now ('' = none of these)."""
+        hold = self._bolus_hold_until_s
+        if hold is not None and t_s < hold:
+            return (
+                "the dose journal lost records (rollback accepted): no bolus for "
+                f"{(hold - t_s) / SECONDS_PER_HOUR:.1f} h more"
+            )
+        program = self._program
+        others = self._require_line().drugs() - {program.drug if program else ""}
+        if others:
+            return (
+                f"the line still holds {', '.join(sorted(others))}: a bolus would push it, "
+                "not the program's drug"
+            )
+        return ""
+
     def _check_bolus_fits(self, t_s: float, volume: float, dose: float, duration_s: float) -> None:
         rate = volume / (duration_s / SECONDS_PER_HOUR) + self._basal_rate(t_s)
         if rate > self.config.max_rate_ul_per_h:
@@ -971,7 +1166,7 @@ class TherapyEngine:
         program = self._program
         assert program is not None
         needed = dose + program.schedule.dose_ug(t_s, t_s + duration_s)
-        room = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s)
+        room = self.daily_limit_ug() - self._ledger.dose_24h_ug(t_s, program.drug)
         if needed > room:
             raise TherapyError(
                 f"would pass the daily maximum of {self.daily_limit_ug():g} µg "
@@ -998,8 +1193,9 @@ class TherapyEngine:
         assert self._program is not None
         schedule = self._program.schedule
         limit = self.daily_limit_ug() * (1.0 + _REL_EPS)
-        window_now = self._ledger.dose_24h_ug(t_s)
-        leaves, gone, spans = self._ledger.leaving(t_s)
+        drug = self._program.drug
+        window_now = self._ledger.dose_24h_ug(t_s, drug)
+        leaves, gone, spans = self._ledger.leaving(t_s, drug)
         top_rate_ug_per_s = schedule.max_dose_rate_ug_per_h / SECONDS_PER_HOUR
 
         def gone_by(t: float) -> float:  # dose left the window in (t_s, t]
@@ -1039,6 +1235,12 @@ class TherapyEngine:
 
     def _start_bridge(self) -> str:
         line = self._require_line()
+        others = line.drugs() - {self._res_drug}
+        if others:
+            raise TherapyError(
+                f"bridge: the line holds {', '.join(sorted(others))}; only a refill's bridge "
+                "(with that drug's program) can deliver it"
+            )
         if line.volume_until_concentration_ul(self._res_conc) <= 0:
             raise TherapyError("bridge: the line already holds the reservoir's concentration")
         if line.tip_concentration_ug_per_ml <= 0:
@@ -1118,7 +1320,7 @@ class TherapyEngine:
         self._filled = True
         if first:
             start = concentration if self.config.line_primed else 0.0
-            self._line = CatheterLine(self.config.line_dead_volume_ul, start)
+            self._line = CatheterLine(self.config.line_dead_volume_ul, start, drug)
 
     def _refill_projection(self, t_s: float) -> tuple[float, float | None]:
         program = self._program
@@ -1206,6 +1408,7 @@ class TherapyEngine:
     # --- journal ----------------------------------------------------------------------------
 
     def _state_record(self) -> dict[str, Any]:
+        open_bucket = self._ledger.open_bucket
         return {
             "t": self._t,
             "res": [self._res_drug, self._res_conc, self._res_volume, self._filled],
@@ -1215,6 +1418,10 @@ class TherapyEngine:
             "bolus": self._bolus.to_record() if self._bolus else None,
             "bridge": self._bridge,
             "presc": [self._prescribed_ul, {str(d): v for d, v in self._prescribed_by_day.items()}],
+            "open": open_bucket.to_record() if open_bucket is not None else None,
+            "issued": self._issued.to_record() if self._issued is not None else None,
+            "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
+            "hold": self._bolus_hold_until_s,
         }
 
     def _load_state(self, s: Mapping[str, Any]) -> None:
@@ -1224,7 +1431,9 @@ class TherapyEngine:
         self._filled = bool(filled)
         line = s["line"]
         self._line = (
-            CatheterLine.from_state(self.config.line_dead_volume_ul, line) if line else None
+            CatheterLine.from_state(self.config.line_dead_volume_ul, line, self._res_drug)
+            if line
+            else None
         )
         self._baseline, self._device_total = s["dev"][0], float(s["dev"][1])
         self._baseline_t = float(s["dev"][2])
@@ -1233,20 +1442,41 @@ class TherapyEngine:
         self._bridge = bool(s["bridge"])
         self._prescribed_ul = float(s["presc"][0])
         self._prescribed_by_day = {int(d): float(v) for d, v in s["presc"][1].items()}
+        # Records from before these were journaled lack them.
+        open_bucket = s.get("open")
+        self._ledger.reopen(
+            DeliveryBucket.from_record(open_bucket, drug=self._res_drug) if open_bucket else None
+        )
+        issued = s.get("issued")
+        self._issued = _Issued.from_record(issued) if issued else None
+        bridge_program = s.get("bprog")
+        self._bridge_program = self._parse_journaled(bridge_program) if bridge_program else None
+        hold = s.get("hold")
+        self._bolus_hold_until_s = float(hold) if hold is not None else None
+
+    def _parse_journaled(self, text: str) -> TherapyProgram:
+        return parse_program(
+            text,
+            source="dose journal",
+            max_rate_ul_per_h=self.config.max_rate_ul_per_h,
+            library=self.library,
+        )
 
     def _record(self, kind: str, **data: Any) -> None:
-        if self._journal is None or self._replaying:
+        """An event: it closes the open bucket (journaled or not: one ledger either way),
+        then is journaled with the state it leaves."""
+        if self._replaying:
             return
-        if kind != "dlv":
-            self._flush_bucket()
-            if self._journal is None:
-                return  # the flush found the journal unwritable: faulted, nothing more to add
+        self._flush_bucket()
+        if self._journal is None:
+            return  # in memory, or the flush found the journal unwritable (faulted)
         self._append({"k": kind, **data, "s": self._state_record()})
 
     def _append(self, record: dict[str, Any]) -> None:
-        assert self._journal is not None
+        if self._journal is None:
+            raise RuntimeError("no dose journal to append to")
         try:
-            self._journal.append(record)
+            self._journal.append(record, t_s=self._t)
         except (OSError, JournalError, ValueError) as exc:
             self._journal = None
             self._enter_fault(f"cannot write the dose journal: {exc}")
@@ -1259,26 +1489,30 @@ class TherapyEngine:
 
     def _restore(self, records: list[dict[str, Any]]) -> None:
         self._replaying = True
+        rollback: Mapping[str, Any] | None = None
         try:
             last: Mapping[str, Any] | None = None
+            drug = ""  # the reservoir's, for buckets journaled before they named their drug
             for record in records:
                 kind = record["k"]
+                if kind == "rollback":  # written by the journal itself, without a state
+                    # Acted on when just accepted (the last record); its effects are then
+                    # journaled as the state of the records after it.
+                    rollback = record if record is records[-1] else None
+                    continue
                 if kind == "program":
-                    program = parse_program(
-                        record["yaml"],
-                        source="dose journal",
-                        max_rate_ul_per_h=self.config.max_rate_ul_per_h,
-                        library=self.library,
-                    )
+                    program = self._parse_journaled(record["yaml"])
+                    drug = drug or program.drug
                     self._program, self._drug = program, self._library_drug(program.drug)
                     self._ledger.utc_offset_s = program.schedule.utc_offset_s
                     if record["override"]:
                         self._overrides.append((float(record["s"]["t"]), str(record["reason"])))
                 elif kind == "refill":
+                    drug = str(record["drug"])
                     if self._program is not None and record["drug"] != self._program.drug:
                         self._program, self._drug = None, None
                 elif kind == "dlv":
-                    self._ledger.apply(DeliveryBucket.from_record(record))
+                    self._ledger.apply(DeliveryBucket.from_record(record, drug=drug))
                 elif kind == "grant":
                     self._grants.append(float(record["s"]["t"]))
                     if record["rid"]:
@@ -1292,10 +1526,27 @@ class TherapyEngine:
                 last = record["s"]
             if last is not None:
                 self._load_state(last)
-            self._issued = None
         finally:
             self._replaying = False
+        if rollback is not None:
+            self._accept_rollback(rollback)
         self._update_reservoir_alarms()
+
+    def _accept_rollback(self, record: Mapping[str, Any]) -> None:
+        """The operator accepted a journal that lost its last records: what they held (grants,
+        program changes, refills) is unknown, so therapy waits for the operator to check the
+        program and reservoir and resume, and no bolus is given until whatever was lost has
+        left the 24 h window. Delivery itself is not lost: the device counter since the last
+        record kept is booked at its next report."""
+        lost = int(record["mark_n"]) - int(record["last_n"])
+        self._bolus_hold_until_s = float(record["mark_t"]) + SECONDS_PER_DAY
+        self._run = False
+        self._bolus = None
+        self._why = (
+            f"dose journal rolled back ({lost} records lost; accepted: {record['reason']}): "
+            "check the program and the reservoir, then resume"
+        )
+        self._record("suspend", why=self._why)
 
 
 def _check_positive(name: str, value: float) -> None:

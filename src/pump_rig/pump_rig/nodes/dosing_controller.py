@@ -362,6 +362,7 @@ class DosingController(Node):
                 concentration_ug_per_ml=request.concentration_ug_per_ml,
                 withdrawn_ul=request.withdrawn_ul,
                 bridge=request.bridge,
+                flush=request.flush,
             )
         except TherapyError as exc:
             response.success, response.message = False, f"refill refused: {exc}"
@@ -424,6 +425,7 @@ class DosingController(Node):
                 action=int(intent.action),
                 flow_rate_ul_per_h=intent.flow_rate_ul_per_h,
                 volume_limit_ul=intent.volume_limit_ul,
+                stop_at_delivered_ul=intent.stop_at_device_ul,
                 sequence=self._sequence,
                 reason=intent.reason,
             )

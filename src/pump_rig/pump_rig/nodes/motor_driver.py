@@ -73,6 +73,9 @@ class _Run:
 
     target: DriveTarget
     device_limit_ul: float
+    # The limit the command itself asked of this run (its volume limit, or what its absolute
+    # stop left), before the hourly cap: a smaller device limit is the cap's.
+    asked_ul: float = 0.0
 
 
 class MotorDriver(LifecycleNode):
@@ -321,6 +324,7 @@ class MotorDriver(LifecycleNode):
             msg.volume_limit_ul,
             msg.sequence,
             wall_s=time.monotonic(),
+            stop_at_delivered_ul=msg.stop_at_delivered_ul,
         )
         if not verdict.accepted:
             self._set_condition(COMMAND_REJECTED, True, Severity.WARNING, verdict.message)
@@ -396,17 +400,24 @@ class MotorDriver(LifecycleNode):
             ):
                 if previous.target.rate_ul_per_h != target.rate_ul_per_h:
                     device.set_rate(target.rate_ul_per_h)
-                self._applied = _Run(target, previous.device_limit_ul)
+                self._applied = replace(previous, target=target)
             else:
-                limit = self.hourly.device_limit_ul(
-                    now_s(self), target.rate_ul_per_h, target.volume_limit_ul
-                )
                 device.stop()
+                asked = target.volume_limit_ul
+                if target.stop_at_delivered_ul > 0.0:
+                    # An absolute stop on the counter: read it now the pump stands still, so
+                    # what the previous command delivered in the meantime counts.
+                    left = target.stop_at_delivered_ul - device.status().delivered_ul
+                    if left <= 0.0:
+                        self._applied = _Run(target, 0.0, 0.0)  # reached: it stays stopped
+                        return
+                    asked = left if asked <= 0.0 else min(asked, left)
+                limit = self.hourly.device_limit_ul(now_s(self), target.rate_ul_per_h, asked)
                 device.set_direction(target.direction)
                 applied_limit = device.set_volume_limit(limit)
                 device.set_rate(target.rate_ul_per_h)
                 device.start()
-                self._applied = _Run(target, applied_limit)
+                self._applied = _Run(target, applied_limit, asked)
         except DeviceError as exc:
             # Refused, garbled or unanswered: what the device now does is unknown.
             self._on_device_error(exc, "command not applied")
@@ -458,7 +469,7 @@ class MotorDriver(LifecycleNode):
         run = self._applied
         if run is None or not run.target.running or status.running or not status.limit_reached:
             return False
-        asked = run.target.volume_limit_ul
+        asked = run.asked_ul
         return run.device_limit_ul > 0.0 and (asked <= 0.0 or run.device_limit_ul < asked)
 
     def _stalled(self, reason: str) -> None:
@@ -598,11 +609,11 @@ class MotorDriver(LifecycleNode):
 
 def _same_run(a: DriveTarget, b: DriveTarget) -> bool:
     """Same direction, limit and command: only the rate may need changing."""
-    return (a.direction, a.volume_limit_ul, a.sequence) == (
-        b.direction,
-        b.volume_limit_ul,
-        b.sequence,
-    ) or (a.direction == b.direction and a.volume_limit_ul == b.volume_limit_ul == 0.0)
+    same_stop = a.stop_at_delivered_ul == b.stop_at_delivered_ul
+    return same_stop and (
+        (a.direction, a.volume_limit_ul, a.sequence) == (b.direction, b.volume_limit_ul, b.sequence)
+        or (a.direction == b.direction and a.volume_limit_ul == b.volume_limit_ul == 0.0)
+    )
 
 
 def _param_specs() -> list[ParamSpec]:
