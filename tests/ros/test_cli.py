@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pump_rig.core.program import default_drug_library, load_program_file
+from pump_rig.core.therapy_engine import TherapyEngine
 from tests.ros.conftest import PROGRAM, REPO, unique_namespace
 
 pytestmark = pytest.mark.ros
@@ -72,13 +74,13 @@ def test_up_with_a_negative_speed_is_a_usage_error() -> None:
 
 
 @contextmanager
-def running_rig(program: Path, cwd: Path) -> Iterator[str]:
+def running_rig(program: Path, cwd: Path, *extra: str) -> Iterator[str]:
     """`pumprig up` at x60 in its own process; yields its namespace, then stops it cleanly."""
     namespace = unique_namespace()
     exe = shutil.which("pumprig")
     assert exe is not None
     proc = subprocess.Popen(
-        [exe, "-n", namespace, "up", "--speed", "60", "--program", str(program)],
+        [exe, "-n", namespace, "up", "--speed", "60", "--program", str(program), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -159,3 +161,41 @@ def test_commands_against_a_running_rig(live_rig: str, tmp_path: Path) -> None:
     injected = pumprig("-n", ns, "fault", "inject", "leak")
     assert injected.returncode == 0 and "injected leak" in injected.stdout
     assert pumprig("-n", ns, "fault", "clear").returncode == 0
+
+
+def test_a_rolled_back_journal_doses_only_after_an_operator_accepts_the_loss(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "dose_journal.jsonl"
+    # A ledger with a granted bolus, written by the engine itself; then its last records are
+    # lost whole (a restored copy): the records left are intact and numbered.
+    engine = TherapyEngine.open(
+        t_s=time.time(),
+        library=default_drug_library(),
+        journal_path=journal,
+        initial_program=load_program_file(FLEX_PROGRAM),
+    )
+    engine.on_device_volume(time.time(), 0.0)
+    assert engine.request_bolus(time.time()).granted
+    engine.close()
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-2]))
+
+    with running_rig(FLEX_PROGRAM, tmp_path, "--journal", str(journal)) as ns:
+        status = wait_for_status(ns, "JOURNAL_FAULT")
+        assert "therapy        ALARM" in status
+        denied = pumprig("-n", ns, "bolus")
+        assert denied.returncode != 0 and "journal" in denied.stderr, denied.stderr
+        no_reason = pumprig("-n", ns, "journal", "accept-rollback", "--reason", " ")
+        assert "reason" in one_line_error(no_reason)
+        accepted = pumprig(
+            "-n", ns, "journal", "accept-rollback", "--reason", "restored from backup"
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        assert "rolled back (2 records lost" in accepted.stdout
+        wait_for_status(ns, "therapy        SUSPENDED")
+        assert pumprig("-n", ns, "resume").returncode == 0
+        wait_for_status(ns, "therapy        RUNNING")
+        held = pumprig("-n", ns, "bolus")
+        assert held.returncode != 0 and "journal lost records" in held.stderr, held.stderr
+    assert "restored from backup" in journal.read_text(encoding="utf-8")

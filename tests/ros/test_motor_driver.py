@@ -223,6 +223,53 @@ def test_the_hourly_volume_cap_holds_whatever_is_commanded(
     assert cap_ul - 0.05 <= infused <= cap_ul + 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_an_absolute_stop_counts_what_the_running_command_delivered_before_it(
+    make_stack: Callable[..., Stack], probe: Probe, backend: str
+) -> None:
+    """The controller's daily-maximum stop is on the device counter: the driver applies it
+    after it has stopped the running command, so what that command delivered while the new one
+    was on its way is not delivered again."""
+    stack = make_rig(make_stack, backend)
+    assert stack.mock is not None
+    states = probe.watch("pump/state")
+    # 600 µL/h, no limit, until the counter has moved a few of its own steps.
+    running = keep_commanding(
+        probe,
+        command(1),
+        lambda: (s := last(states)) is not None
+        and s.state == PumpState.RUNNING
+        and s.delivered_volume_ul > 3 * max(s.volume_resolution_ul, 0.02)
+        and s,
+        "some delivery reported",
+    )
+    stop_at = running.delivered_volume_ul + max(0.3, 3 * running.volume_resolution_ul)
+    capped = command(2)
+    capped.stop_at_delivered_ul = stop_at
+    keep_commanding(
+        probe,
+        capped,
+        lambda: (
+            (s := last(states)) is not None
+            and s.last_sequence == 2
+            and s.state == PumpState.IDLE
+            and plunger(stack) is PumpRunState.IDLE
+        ),
+        "the pump stopped at the absolute stop",
+    )
+    final = last(states)
+    assert final is not None
+    resolution = max(final.volume_resolution_ul, 1e-6)
+    assert final.delivered_volume_ul <= stop_at + resolution
+    # ...and used its room, but for the device's own rounding of the limit (the NE-1000 rounds
+    # it down to four digits).
+    assert final.delivered_volume_ul >= stop_at - max(0.05, 0.01 * stop_at)
+    # A stop the counter has already passed does not start the pump at all.
+    spent = command(3)
+    spent.stop_at_delivered_ul = final.delivered_volume_ul - 0.1
+    stays_stopped(probe, stack, spent)
+
+
 # ---- the firmware pressure channel --------------------------------------------------------------
 
 

@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument(
         "what",
-        choices=["therapy", "serial"],
-        help="therapy: 30 days through the stack; serial: each backend's command round trip",
+        choices=["therapy", "serial", "safety"],
+        help="therapy: 30 days through the stack; serial: each backend's command round trip; "
+        "safety: random therapy sequences against an independent dose oracle",
     )
     bench.add_argument(
         "--backend", action="append", default=[], help="serial: only this backend (repeatable)"
@@ -147,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--calls", type=int, default=500, help="serial: calls timed per figure (500)"
     )
     bench.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
+    bench.add_argument(
+        "--minutes", type=_positive_float, default=40.0, help="safety: how long to run (40)"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="safety: first sequence's seed (0)")
+    bench.add_argument(
+        "--jobs", type=int, default=0, help="safety: worker processes (0 = one per core)"
+    )
     bench.add_argument(
         "--speed", type=_positive_float, default=100000.0, help="simulated s per wall s (100000)"
     )
@@ -160,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="clear alarms and release the estop (therapy then needs resume)",
     )
+
+    journal = sub.add_parser("journal", help="the dosing controller's dose journal")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    accept = journal_sub.add_parser(
+        "accept-rollback",
+        help="accept a journal that lost its last records (dosing is refused until then)",
+    )
+    accept.add_argument("--reason", required=True, help="why the loss is accepted (journaled)")
 
     fault = sub.add_parser("fault", help="inject or clear mock-hardware faults")
     fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="ACTION")
@@ -326,7 +342,27 @@ def cmd_refill(args: argparse.Namespace) -> None:
         print(f"next refill {date} (in {response.days_to_refill:.1f} days)")
 
 
+def cmd_journal(args: argparse.Namespace) -> None:
+    from pump_rig_interfaces.srv import AcceptJournalRollback
+
+    if not args.reason.strip():
+        raise CliError("--reason: must say why the loss is accepted")
+    request = AcceptJournalRollback.Request(reason=args.reason)
+    response = _call(
+        args, AcceptJournalRollback, "dosing_controller/accept_journal_rollback", request
+    )
+    if not response.success:
+        raise CliError(response.message)
+    print(response.message)
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "safety":
+        from pump_rig.cli.bench_safety import run_safety_bench
+
+        if args.jobs < 0:
+            raise CliError(f"--jobs must be 0 (one per core) or more (got {args.jobs})")
+        raise SystemExit(run_safety_bench(args.minutes, args.seed, args.jobs or None))
     if args.what == "serial":
         from pump_rig.cli.bench_serial import run_serial_bench
 
@@ -504,6 +540,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "resume": cmd_resume,
     "alarms": cmd_alarms,
     "fault": cmd_fault,
+    "journal": cmd_journal,
     "record": cmd_record,
     "report": cmd_report,
     "emulate": cmd_emulate,

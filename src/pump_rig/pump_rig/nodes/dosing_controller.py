@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pump_rig_interfaces.msg import Alarm, DoseStatus, OcclusionStatus, PumpCommand, PumpState
-from pump_rig_interfaces.srv import ClinicianBolus, Refill, RequestBolus, SetProgram
+from pump_rig_interfaces.srv import (
+    AcceptJournalRollback,
+    ClinicianBolus,
+    Refill,
+    RequestBolus,
+    SetProgram,
+)
 from rclpy.node import Node
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -28,11 +34,13 @@ from pump_rig.core.drug_library import (
 )
 from pump_rig.core.program import ProgramError, TherapyProgram, load_program_file, parse_program
 from pump_rig.core.therapy_engine import (
+    JOURNAL_FAULT,
     AlarmEvent,
     CommandIntent,
     EngineConfig,
     TherapyEngine,
     TherapyError,
+    TherapyState,
 )
 from pump_rig.nodes.contract import (
     rig_publisher,
@@ -199,6 +207,9 @@ class DosingController(Node):
         self.create_service(Trigger, "suspend", self._on_suspend)
         self.create_service(Trigger, "resume", self._on_resume)
         self.create_service(Trigger, "~/clear_alarms", self._on_clear_alarms)
+        self.create_service(
+            AcceptJournalRollback, "~/accept_journal_rollback", self._on_accept_rollback
+        )
         self.create_timer(float(self.params.get("control_period_s")), self._tick)
         self.get_logger().info(f"dose journal: {self.journal_path}")
 
@@ -211,13 +222,7 @@ class DosingController(Node):
     @property
     def started(self) -> bool:
         if self._engine is None and clock_valid(self):
-            self._engine = TherapyEngine.open(
-                t_s=now_s(self),
-                library=self.library,
-                journal_path=self.journal_path,
-                config=self._config,
-                initial_program=self._program_at_start,
-            )
+            self._engine = self._open_engine()
             program = self._engine.program
             if program is not None:
                 self.get_logger().info(f"program: {program.summary()}")
@@ -228,6 +233,16 @@ class DosingController(Node):
                 self._engine.on_alarm(now_s(self), msg.code, msg.severity, msg.active, msg.source)
             self._flush_alarms()
         return self._engine is not None
+
+    def _open_engine(self, confirm_rollback: str = "") -> TherapyEngine:
+        return TherapyEngine.open(
+            t_s=now_s(self),
+            library=self.library,
+            journal_path=self.journal_path,
+            config=self._config,
+            initial_program=self._program_at_start,
+            confirm_rollback=confirm_rollback,
+        )
 
     def _load_library(self) -> DrugLibrary:
         path = str(self.params.get("drug_library"))
@@ -407,6 +422,32 @@ class DosingController(Node):
         self._tick()
         response.success = True
         response.message = "alarms cleared; therapy stays stopped until resume"
+        return response
+
+    def _on_accept_rollback(
+        self, request: AcceptJournalRollback.Request, response: AcceptJournalRollback.Response
+    ) -> AcceptJournalRollback.Response:
+        """Reopen the journal accepting that it lost its last records (an operator's call)."""
+        if self._refuse_before_start(response):
+            return response
+        reason = request.reason.strip()
+        if not reason:
+            response.success, response.message = False, "a reason is needed (it is journaled)"
+            return response
+        if JOURNAL_FAULT not in self.engine.snapshot(now_s(self)).active_alarms:
+            response.success, response.message = False, "the dose journal has no fault"
+            return response
+        engine = self._open_engine(confirm_rollback=reason)
+        if engine.state is TherapyState.ALARM:  # not a rollback, or still unreadable
+            response.success = False
+            response.message = f"not accepted: {engine.snapshot(now_s(self)).detail}"
+            return response
+        self.engine.close()
+        self._engine = engine
+        response.success = True
+        response.message = f"journal rollback accepted: {engine.snapshot(now_s(self)).detail}"
+        self.get_logger().warning(response.message)
+        self._tick()
         return response
 
     # -- outputs --------------------------------------------------------------------------
