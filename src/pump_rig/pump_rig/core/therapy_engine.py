@@ -29,7 +29,7 @@ import enum
 import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -86,6 +86,8 @@ CORE_ALARM_CODES: Final = frozenset(
 _LATCHED_NOTICES: Final = (UNDER_DELIVERY, REFILL_DISCREPANCY, VOLUME_COUNTER_RESET)
 
 _MAX_REMEMBERED_REQUESTS: Final = 256
+# The recent stretch of a command that must not fall behind either (s).
+_UNDER_DELIVERY_WINDOW_S: Final = 300.0
 # Room below this is none: what float rounding leaves of a window at its maximum.
 _ROOM_EPS_UL: Final = 1e-9
 _REL_EPS: Final = 1e-9
@@ -246,6 +248,13 @@ class _Issued:
     # Device total and time when the device was first seen running this command.
     applied_ul: float | None = None
     applied_t_s: float = 0.0
+    # (time, device total) of the reports since, for the recent-window under-delivery check.
+    reports: deque[tuple[float, float]] = field(default_factory=deque)
+    # Rebuilt from the journal: the device ran it before the restart and runs the same again
+    # (a restarted controller resends it under a new sequence), so what it delivers is
+    # credited as this command's, not left to basal (a bolus would be given twice).
+    restored: bool = False
+    resent: bool = False  # ...and already sent anew with what is left of its limit
 
     def to_record(self) -> dict[str, Any]:
         i = self.intent
@@ -267,7 +276,9 @@ class _Issued:
             PumpAction(int(r["a"])), float(r["rate"]), float(r["lim"]), str(r["why"]), r["stop"]
         )
         applied = None if r["ap"] is None else float(r["ap"])
-        return cls(intent, float(r["basal"]), float(r["bolus"]), applied, float(r["apt"]))
+        return cls(
+            intent, float(r["basal"]), float(r["bolus"]), applied, float(r["apt"]), restored=True
+        )
 
 
 class TherapyEngine:
@@ -685,6 +696,7 @@ class TherapyEngine:
         self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
         baseline, since = self._baseline, self._baseline_t
         issued = self._issued
+        command_applied = command_applied or (issued is not None and issued.restored)
         applied_now = command_applied and issued is not None and issued.applied_ul is None
         if baseline is not None and applied_now and issued is not None:
             issued.applied_ul, issued.applied_t_s = self._device_total, t_s
@@ -774,7 +786,25 @@ class TherapyEngine:
         desired, basal, bolus = self._desired(t_s)
         issued = self._issued
         if issued is not None and self._same_command(issued, desired):
-            return issued.intent
+            if not issued.restored or issued.resent or issued.applied_ul is None:
+                return issued.intent
+            # Rebuilt from the journal: the restarted controller sends it anew, so its volume
+            # limit is what is left of it, counted from now (the device then stops where the
+            # never-restarted one would have).
+            used = self._device_total - issued.applied_ul
+            intent = issued.intent
+            if intent.volume_limit_ul > 0.0:
+                intent = replace(intent, volume_limit_ul=max(0.0, intent.volume_limit_ul - used))
+            self._issued = _Issued(
+                intent,
+                issued.basal_rate_ul_per_h,
+                issued.bolus_rate_ul_per_h,
+                self._device_total,
+                t_s,
+                restored=True,
+                resent=True,
+            )
+            return intent
         self._issued = _Issued(desired, basal, bolus)
         return desired
 
@@ -1066,14 +1096,30 @@ class TherapyEngine:
         running_s = t_s - issued.applied_t_s - cfg.under_delivery_grace_s
         if running_s <= 0:
             return
-        expected = issued.intent.flow_rate_ul_per_h * running_s / SECONDS_PER_HOUR
-        if issued.intent.volume_limit_ul > 0:
-            expected = min(expected, issued.intent.volume_limit_ul)
+        rate = issued.intent.flow_rate_ul_per_h
+        limit = issued.intent.volume_limit_ul if issued.intent.volume_limit_ul > 0 else math.inf
         got = self._device_total - issued.applied_ul
-        short = expected - got
-        if (
-            short
-            > cfg.under_delivery_tolerance_ul + cfg.under_delivery_tolerance_fraction * expected
+        expected = min(rate * running_s / SECONDS_PER_HOUR, limit)
+        # Over the whole command, and over its last window: a long command that falls behind
+        # late is caught as soon as one that starts behind.
+        reports = issued.reports
+        reports.append((t_s, self._device_total))
+        while len(reports) > 1 and reports[1][0] <= t_s - _UNDER_DELIVERY_WINDOW_S:
+            reports.popleft()
+        t_w, total_w = reports[0]
+        recent_s = t_s - max(t_w, issued.applied_t_s + cfg.under_delivery_grace_s)
+        recent_expected = min(
+            rate * recent_s / SECONDS_PER_HOUR, limit - (total_w - issued.applied_ul)
+        )
+        recent_got = self._device_total - total_w
+
+        def behind(want: float, have: float) -> bool:
+            return want - have > (
+                cfg.under_delivery_tolerance_ul + cfg.under_delivery_tolerance_fraction * want
+            )
+
+        if behind(expected, got) or (
+            recent_s >= _UNDER_DELIVERY_WINDOW_S / 2 and behind(recent_expected, recent_got)
         ):
             self._set_core_alarm(
                 UNDER_DELIVERY,

@@ -1,0 +1,371 @@
+"""The randomized safety check (pump_rig.verification) and the models it judges the engine by.
+
+1. A quick profile of random sequences against the real engine: no violation, and enough was
+   exercised that the check cannot pass vacuously.
+2. The check's own models: the 24 h window oracle against a brute-force computation, the line
+   model against hand-computed cases, the device model's latency, budgets and whole steps.
+3. The shrinker cuts a failure planted in a deliberately broken engine down to its cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+from multiprocessing import get_context
+from typing import Any
+
+import pytest
+
+from pump_rig.core.therapy_engine import CommandIntent, TherapyEngine
+from pump_rig.verification import safety_scenarios
+from pump_rig.verification.safety_model import (
+    DAY_S,
+    SALINE,
+    DeviceCommand,
+    DeviceModel,
+    Fluid,
+    LimitSchedule,
+    LineModel,
+    WindowOracle,
+)
+from pump_rig.verification.safety_runner import (
+    OVERDOSE,
+    SequenceResult,
+    format_scenario,
+    run_seed,
+    shrink,
+)
+from pump_rig.verification.safety_scenarios import (
+    ClearAlarms,
+    MotorAlarm,
+    PatientBolus,
+    ProgramSpec,
+    Restart,
+    Resume,
+    Scenario,
+    Setup,
+    Suspend,
+    generate,
+)
+
+BACLOFEN = Fluid("baclofen", 500.0)
+MORPHINE = Fluid("morphine", 1000.0)
+
+# --- 1. the quick profile ----------------------------------------------------------------------
+
+# About 35 s on two cores (it runs in `make test`); fixed seeds, so a failure reproduces with
+# run_seed(seed, "quick").
+QUICK_SEEDS = range(180)
+
+
+def test_quick_profile_finds_no_violation() -> None:
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        results: list[SequenceResult] = list(
+            pool.map(run_seed, QUICK_SEEDS, repeat("quick"), chunksize=8)
+        )
+    found = [(r.seed, v) for r in results for v in r.violations]
+    by_kind = Counter(v.kind for _seed, v in found)
+    first: dict[str, str] = {}
+    for seed, v in found:
+        first.setdefault(v.kind, f"seed {seed}: {v}")
+    assert not found, (
+        f"{len(found)} violations {dict(by_kind)}; first of each kind (reproduce with "
+        "run_seed(seed, 'quick'), shrink with safety_runner.shrink):\n" + "\n".join(first.values())
+    )
+    # Not vacuous: the sequences granted boluses, restarted both ways, refused bad programs,
+    # lost journal records, and drove the true 24 h dose to the daily maximum.
+    assert sum(r.grants for r in results) > 20
+    assert sum(r.restarts_clean for r in results) > 20
+    assert sum(r.restarts_crash for r in results) > 20
+    assert sum(r.journal_rollbacks for r in results) > 5
+    assert sum(r.journal_damages for r in results) > 5
+    assert sum(r.invalid_programs for r in results) > 20
+    assert max(r.max_fraction for r in results) > 0.9
+
+
+def test_a_scenario_prints_as_python_that_rebuilds_it() -> None:
+    scenario = generate(random.Random(7), "quick", seed=7)
+    assert eval(format_scenario(scenario), vars(safety_scenarios)) == scenario
+
+
+# --- 2a. the window oracle against brute force -------------------------------------------------
+
+Piece = tuple[float, float, float]  # t0, t1, dose
+
+
+def _brute_window(pieces: list[Piece], t: float) -> float:
+    """The dose delivered in [t - 24 h, t], piece by piece (no prefix sums)."""
+    total = 0.0
+    for t0, t1, dose in pieces:
+        overlap = min(t1, t) - max(t0, t - DAY_S)
+        if overlap > 0:
+            total += dose * overlap / (t1 - t0)
+    return total
+
+
+def _limit_left(changes: list[tuple[float, float]], default: float, t: float) -> float:
+    return next((lim for at, lim in reversed(changes) if at < t), default)
+
+
+def _limit_right(changes: list[tuple[float, float]], default: float, t: float) -> float:
+    return next((lim for at, lim in reversed(changes) if at <= t), default)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_window_oracle_matches_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    oracle = WindowOracle(0.01, slack_steps=0.0)
+    defaults = {"a": 100.0, "b": 80.0}
+    limits = LimitSchedule(defaults)
+    pieces: dict[str, list[Piece]] = {"a": [], "b": []}
+    changes: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    for drug in pieces:
+        t = 0.0
+        while t < 3 * DAY_S:
+            t += rng.choice((0.0, rng.uniform(0.0, 3 * 3600.0)))  # contiguous, or a gap
+            t1 = t + rng.uniform(60.0, 6 * 3600.0)
+            dose = rng.uniform(0.0, 30.0)
+            oracle.add_dose(drug, t, t1, dose, 500.0, 0)
+            pieces[drug].append((t, t1, dose))
+            t = t1
+        for at in sorted(rng.uniform(0.0, 3 * DAY_S) for _ in range(4)):
+            limit = rng.uniform(60.0, 200.0)
+            limits.set(drug, at, limit)
+            changes[drug].append((at, limit))
+    report = oracle.report(limits)
+
+    best = 0.0
+    first = report.excesses[0].t_s if report.excesses else math.inf
+    for drug, drug_pieces in pieces.items():
+        breaks = {x for t0, t1, _ in drug_pieces for x in (t0, t1)}
+        candidates = breaks | {x + DAY_S for x in breaks} | {at for at, _ in changes[drug]}
+        for t0, t1, _dose in drug_pieces:
+            inside = [t for t in candidates if t0 <= t <= t1]
+            inside += [rng.uniform(t0, t1) for _ in range(3)]
+            for t in inside:
+                w = _brute_window(drug_pieces, t)
+                sides = []
+                if t > t0:
+                    sides.append(_limit_left(changes[drug], defaults[drug], t))
+                if t < t1:
+                    sides.append(_limit_right(changes[drug], defaults[drug], t))
+                for limit in sides:
+                    best = max(best, w / limit)
+                    # Nothing passes a limit before the first excess the oracle reports ...
+                    assert w <= limit * (1 + 1e-9) + 1e-9 or t >= first - 1e-6
+    assert report.max_fraction == pytest.approx(best, rel=1e-9)
+    assert bool(report.excesses) == (best > 1 + 1e-9)
+    for excess in report.excesses:  # ... which is where the window reaches it
+        at = excess.t_s
+        window = _brute_window(pieces[excess.drug], at)
+        assert window == pytest.approx(excess.window_ug, rel=1e-9)
+        assert window >= excess.limit_ug * (1 + 1e-9) - 1e-9
+
+
+def test_window_oracle_allows_one_device_step_and_not_more() -> None:
+    # 100 µg over a day, then a step's worth more: 0.5 µL at 500 µg/mL is 0.25 µg.
+    for extra, excess in ((0.2, False), (0.3, True)):
+        oracle = WindowOracle(0.5)
+        oracle.add_dose("baclofen", 0.0, DAY_S / 2, 100.0 + extra, 500.0, 0)
+        report = oracle.report(LimitSchedule({"baclofen": 100.0}))
+        assert bool(report.excesses) is excess
+        assert report.max_fraction == pytest.approx((100.0 + extra) / 100.0)
+        assert report.within_slack == (0 if excess else 1)
+
+
+def test_window_oracle_counts_each_drug_against_its_own_limit() -> None:
+    oracle = WindowOracle(0.001)
+    oracle.add_dose("baclofen", 0.0, 3600.0, 90.0, 500.0, 0)
+    oracle.add_dose("ziconotide", 3600.0, 7200.0, 19.0, 25.0, 0)
+    report = oracle.report(LimitSchedule({"baclofen": 100.0, "ziconotide": 19.2}))
+    assert not report.excesses
+    assert report.max_fraction == pytest.approx(19.0 / 19.2)
+    assert report.max_fraction_drug == "ziconotide"
+
+
+# --- 2b. the line model, by hand ---------------------------------------------------------------
+
+
+def test_line_delivers_the_old_drug_first_after_a_drug_change() -> None:
+    line = LineModel(100.0, content=BACLOFEN, entering=BACLOFEN, pushed_ul=0.0)
+    assert line.dose_by_drug_ug(0.0, 50.0) == pytest.approx({"baclofen": 25.0})
+    line.fill(50.0, MORPHINE)  # refilled after 50 µL: morphine enters from there
+    assert line.drugs_in_line(50.0) == {"baclofen"}
+    assert line.drugs_in_line(60.0) == {"baclofen", "morphine"}
+    # The next 100 µL out of the tip are baclofen (50 in the line at the start, 50 entered
+    # before the refill); then morphine at 1 µg/µL.
+    assert line.dose_by_drug_ug(50.0, 150.0) == pytest.approx({"baclofen": 50.0})
+    assert line.dose_by_drug_ug(150.0, 250.0) == pytest.approx({"morphine": 100.0})
+    assert line.tip_fluid(149.0) == BACLOFEN
+    assert line.tip_fluid(151.0) == MORPHINE
+
+
+def test_line_flush_replaces_what_is_in_the_line_with_saline() -> None:
+    line = LineModel(100.0, content=BACLOFEN, entering=BACLOFEN, pushed_ul=0.0)
+    line.fill(50.0, MORPHINE)
+    line.flush(120.0)  # what entered at 20..120 µL never reaches the patient
+    assert line.drugs_in_line(120.0) == set()
+    assert line.tip_fluid(120.0) == SALINE
+    # Saline for a whole dead volume, then the morphine that enters from 120 µL on.
+    assert line.dose_by_drug_ug(120.0, 220.0) == {}
+    assert line.dose_by_drug_ug(220.0, 300.0) == pytest.approx({"morphine": 80.0})
+    # What left the tip before the flush is as it was: 70 µL of baclofen.
+    assert line.dose_by_drug_ug(50.0, 120.0) == pytest.approx({"baclofen": 35.0})
+
+
+def test_unprimed_line_holds_saline_until_the_drug_reaches_the_tip() -> None:
+    line = LineModel(200.0, content=SALINE, entering=BACLOFEN, pushed_ul=10.0)
+    assert line.dose_by_drug_ug(10.0, 210.0) == {}
+    assert line.dose_by_drug_ug(10.0, 260.0) == pytest.approx({"baclofen": 25.0})
+
+
+# --- 2c. the device model -----------------------------------------------------------------------
+
+
+def _run(device: DeviceModel, t0: float, t1: float) -> float:
+    """Advance event by event from t0 to t1 (as the runner does); return the end time."""
+    t = t0
+    while t < t1:
+        t_next = min(t1, device.next_event_s(t))
+        device.advance(t, t_next)
+        t = t_next
+        device.settle(t)
+    return t
+
+
+def test_device_applies_commands_after_their_latency_in_whole_steps() -> None:
+    device = DeviceModel(resolution_ul=0.5, counter_steps=0, watchdog_s=1e9)
+    device.send(0.0, DeviceCommand(True, 360.0, volume_limit_ul=1.2, serial=1), 10.0)
+    assert device.next_event_s(0.0) == 10.0
+    assert device.advance(0.0, 10.0) is None  # not there yet
+    device.settle(10.0)
+    assert device.running
+    # 0.1 µL/s; a budget of 1.2 µL ends after the step that passes it: 3 steps, 1.5 µL.
+    assert device.next_event_s(10.0) == pytest.approx(25.0)
+    device.advance(10.0, 17.0)
+    assert device.position_ul == pytest.approx(0.7)
+    assert device.counter_ul == 0.5  # whole steps only
+    device.advance(17.0, 25.0)
+    assert device.settle(25.0)  # stopped by itself
+    assert not device.running
+    assert device.counter_ul == device.position_ul == 1.5
+
+
+def test_device_moves_a_whole_step_for_any_room_and_respects_its_own_counter() -> None:
+    device = DeviceModel(resolution_ul=0.5, counter_steps=4, watchdog_s=1e9)
+    device.send(0.0, DeviceCommand(True, 360.0, volume_limit_ul=0.01, serial=1), 0.0)
+    device.settle(0.0)
+    _run(device, 0.0, 100.0)
+    assert device.counter_ul == 2.5  # one step past a tiny budget
+    # Absolute stop at 3.1 µL on the counter: 0.6 µL of room, two steps (to 3.5).
+    device.send(100.0, DeviceCommand(True, 360.0, stop_at_ul=3.1, serial=2), 0.0)
+    device.settle(100.0)
+    _run(device, 100.0, 200.0)
+    assert device.counter_ul == 3.5
+    # A stop the counter already passed: it does not start.
+    device.send(200.0, DeviceCommand(True, 360.0, volume_limit_ul=5.0, stop_at_ul=3.5, serial=3), 0)
+    device.settle(200.0)
+    assert not device.running
+
+
+def test_device_keeps_the_order_of_commands_whatever_their_latency() -> None:
+    device = DeviceModel(resolution_ul=0.01, counter_steps=0, watchdog_s=1e9)
+    assert device.send(0.0, DeviceCommand(True, 36.0, serial=1), 30.0) == 30.0
+    assert device.send(5.0, DeviceCommand(False, serial=2), 0.0) == 30.0  # not before #1
+    device.settle(30.0)
+    assert device.command is not None and device.command.serial == 2
+    assert not device.running
+
+
+def test_device_watchdog_stops_it_when_the_controller_goes_quiet() -> None:
+    device = DeviceModel(resolution_ul=0.1, counter_steps=0, watchdog_s=5.0)
+    device.send(0.0, DeviceCommand(True, 3600.0, serial=1), 0.0)
+    device.settle(0.0)
+    for k in range(1, 11):  # heartbeats every second until 10 s, then a crash
+        _run(device, k - 1.0, float(k))
+        device.send(float(k), None, 0.0)
+    assert _run(device, 10.0, 30.0) == 30.0
+    assert device.stale and not device.running
+    assert device.position_ul == pytest.approx(15.0)  # 1 µL/s until 5 s after the last
+    device.send(30.0, None, 0.0)  # a heartbeat does not restart it ...
+    device.settle(30.0)
+    assert not device.running
+    device.send(30.0, DeviceCommand(True, 3600.0, serial=2), 0.0)  # ... a new command does
+    device.settle(30.0)
+    assert device.running and not device.stale
+
+
+def test_device_under_delivers_stalls_and_stops_at_the_end_of_the_reservoir() -> None:
+    device = DeviceModel(resolution_ul=0.1, counter_steps=0, watchdog_s=1e9)
+    device.send(0.0, DeviceCommand(True, 3600.0, serial=1), 0.0)
+    device.settle(0.0)
+    device.set_factor(0.5)
+    device.advance(0.0, 10.0)
+    assert device.position_ul == pytest.approx(5.0)
+    device.set_factor(0.0)  # a stall: it runs and does not move
+    assert device.advance(10.0, 20.0) is None
+    assert device.running and device.next_event_s(20.0) > 1e8  # only its watchdog
+    device.set_factor(1.0)
+    device.set_reservoir(2.0)
+    assert device.next_event_s(20.0) == pytest.approx(22.0)
+    _run(device, 20.0, 40.0)
+    assert device.position_ul == pytest.approx(7.0)
+    assert device.running and device.speed_ul_per_s == 0.0
+
+
+# --- 3. the shrinker ----------------------------------------------------------------------------
+
+
+class _DoublingEngine(TherapyEngine):
+    """A deliberately broken engine: its pump runs at twice the rate it means, uncapped."""
+
+    _meant: CommandIntent | None = None
+    _sent: CommandIntent | None = None
+
+    def command(self, t_s: float) -> CommandIntent:
+        meant = super().command(t_s)
+        if meant is not self._meant or self._sent is None:  # the same object while unchanged
+            changes: dict[str, Any] = {
+                "flow_rate_ul_per_h": 2.0 * meant.flow_rate_ul_per_h,
+                "volume_limit_ul": 0.0,
+            }
+            if "stop_at_device_ul" in {f.name for f in dataclasses.fields(CommandIntent)}:
+                changes["stop_at_device_ul"] = 0.0
+            self._meant, self._sent = meant, dataclasses.replace(meant, **changes)
+        return self._sent
+
+
+def test_shrinker_cuts_a_planted_overdose_down_to_its_cause() -> None:
+    program = ProgramSpec(name="p1", drug="baclofen", daily_dose_ug=700.0)  # 1400 µg/day sent
+    setup = Setup(
+        days=2.0,
+        resolution_ul=0.01,
+        resolution_source="both",
+        latency_s=0.0,
+        latency_per_command=False,
+        report_s=60.0,
+        jitter=0.0,
+        dead_volume_ul=100.0,
+        line_primed=True,
+        bucket_s=900.0,
+        under_delivery_tolerance_ul=2.0,
+        counter_start_steps=0,
+        concentration=500.0,
+        first_program=program,
+    )
+    noise: list[safety_scenarios.Event] = [PatientBolus(600.0 * k, "") for k in range(1, 15)]
+    noise += [MotorAlarm(20000.0, False), ClearAlarms(21000.0), Restart(30000.0)]
+    noise += [Suspend(40000.0), Resume(41000.0), Restart(50000.0)]
+    scenario = Scenario(setup, tuple(sorted(noise, key=lambda e: e.at_s)))
+
+    small, result = shrink(scenario, OVERDOSE, engine_cls=_DoublingEngine, max_seconds=90.0)
+    violation = result.first(OVERDOSE)
+    assert violation is not None
+    # The drug limit is 1000 µg/day: at 1400 µg/day the window passes it after ~17 h.
+    assert 16 * 3600.0 < violation.t_s < 20 * 3600.0
+    assert len(small.events) <= 1
+    assert small.setup.days < 1.0  # cut after the violation
