@@ -237,10 +237,12 @@ def test_an_absolute_stop_counts_what_the_running_command_delivered_before_it(
     running = keep_commanding(
         probe,
         command(1),
-        lambda: (s := last(states)) is not None
-        and s.state == PumpState.RUNNING
-        and s.delivered_volume_ul > 3 * max(s.volume_resolution_ul, 0.02)
-        and s,
+        lambda: (
+            (s := last(states)) is not None
+            and s.state == PumpState.RUNNING
+            and s.delivered_volume_ul > 3 * max(s.volume_resolution_ul, 0.02)
+            and s
+        ),
         "some delivery reported",
     )
     stop_at = running.delivered_volume_ul + max(0.3, 3 * running.volume_resolution_ul)

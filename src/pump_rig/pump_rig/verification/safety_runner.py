@@ -576,7 +576,18 @@ class _Harness:
         device = self.device
         applied = self.sent is not None and device.pending == 0
         counter, now = device.counter_ul, self._abs()
-        self._both(lambda e: e.on_device_volume(now, counter, command_applied=applied))
+        self._engine().on_device_volume(now, counter, command_applied=applied)
+        if self.twin is not None:
+            # The twin is never restarted, so its commands are the ones the device would run;
+            # while the device runs one at the twin's rate, the twin's command is applied.
+            running, twin_sent = device.command, self.twin_sent
+            twin_applied = applied or (
+                running is not None
+                and twin_sent is not None
+                and running.infuse == (twin_sent.action is PumpAction.INFUSE)
+                and running.rate_ul_per_h == twin_sent.flow_rate_ul_per_h
+            )
+            self.twin.on_device_volume(now, counter, command_applied=twin_applied)
         self.reported_ul = counter
         self._issue()
         self._check_under_delivery()
@@ -743,7 +754,11 @@ class _Harness:
         lim_r, lim_t = real.volume_limit_ul, twin.volume_limit_ul
         if (lim_r > 0) != (lim_t > 0):
             return "volume limit", lim_r == 0
-        if lim_r > 0:
+        # Where a relative volume limit ends is compared for doses that fit one command; one
+        # near the per-command maximum is a clamp, re-planned wherever the device stops (the
+        # grants, the rate and the absolute stop are compared always).
+        clamp = self.config.max_volume_per_command_ul
+        if lim_r > 0 and max(lim_r, lim_t) < 0.5 * clamp:
             end_r, end_t = self.sent_counter + lim_r, self.twin_sent_counter + lim_t
             if abs(end_r - end_t) > 0.011 * max(lim_r, lim_t) + 2 * res + 1e-3 + drift:
                 return "volume limit", end_r > end_t
