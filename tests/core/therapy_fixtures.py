@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import bisect
 import math
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +24,7 @@ from pump_rig.core.program import TherapyProgram, default_drug_library, parse_pr
 from pump_rig.core.pump_types import SECONDS_PER_HOUR, PumpAction
 from pump_rig.core.syringe_pump import SyringePump
 from pump_rig.core.therapy_engine import CommandIntent, EngineConfig, TherapyEngine
+from pump_rig.verification.safety_runner import journal_dir as tmpfs_dir
 
 __all__ = [
     "LIBRARY",
@@ -140,13 +140,9 @@ def make_program(doc: Mapping[str, Any]) -> TherapyProgram:
     return parse_program(dump_program(doc), library=LIBRARY)
 
 
-@contextmanager
-def journal_dir() -> Iterator[Path]:
-    """A fresh directory for a dose journal; on tmpfs when there is one (fsync is cheap)."""
-    shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() else None
-    with tempfile.TemporaryDirectory(prefix="therapy-test-", dir=base) as name:
-        yield Path(name)
+def journal_dir() -> AbstractContextManager[Path]:
+    """A fresh directory for a dose journal (on tmpfs when there is one)."""
+    return tmpfs_dir(prefix="therapy-test-")
 
 
 # --- the device -------------------------------------------------------------------------------

@@ -239,7 +239,7 @@ def run_scenario(
     """Run ``scenario`` against a fresh, journaled ``engine_cls`` and judge it. ``trace``
     is given a line for every event, refusal, command sent and command applied."""
     wall0 = time.perf_counter()
-    with _journal_dir() as workdir:
+    with journal_dir() as workdir:
         lib = library or default_drug_library()
         harness = _Harness(scenario, engine_cls, lib, workdir, trace)
         result = harness.run()
@@ -253,11 +253,12 @@ def run_seed(seed: int, profile: str = "standard") -> SequenceResult:
 
 
 @contextmanager
-def _journal_dir() -> Iterator[Path]:
-    # The journal fsyncs every record: on tmpfs that costs next to nothing.
+def journal_dir(prefix: str = "pumprig-safety-") -> Iterator[Path]:
+    """A fresh directory for dose journals; on tmpfs when there is one (the journal fsyncs
+    every record: there that costs next to nothing)."""
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() else None
-    with tempfile.TemporaryDirectory(prefix="pumprig-safety-", dir=base) as name:
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=base) as name:
         yield Path(name)
 
 
