@@ -91,6 +91,7 @@ _UNDER_DELIVERY_WINDOW_S: Final = 300.0
 # Room below this is none: what float rounding leaves of a window at its maximum.
 _ROOM_EPS_UL: Final = 1e-9
 _REL_EPS: Final = 1e-9
+_SAME_AS_ISSUED: Final = "issued"  # journaled in place of the in-force command when it is that one
 
 
 class TherapyState(enum.IntEnum):
@@ -205,6 +206,9 @@ class EngineSnapshot:
     next_change_s: float | None
     active_bolus: str
     detail: str
+    # The device confirmed it runs a stop and no other command is on its way: what it
+    # delivered is all booked (a change of drug or a flush waits for this).
+    device_stopped: bool = False
 
 
 @dataclass
@@ -214,6 +218,9 @@ class _Bolus:
     dose_ug: float  # nominal
     rate_ul_per_h: float  # on top of basal
     delivered_ul: float = 0.0
+    # When it started: a command carries the bolus it was made for, so what the device
+    # delivers under it is credited to that bolus and no other.
+    t0_s: float = 0.0
 
     @property
     def left_ul(self) -> float:
@@ -226,11 +233,14 @@ class _Bolus:
             "dose": self.dose_ug,
             "rate": self.rate_ul_per_h,
             "done": self.delivered_ul,
+            "t0": self.t0_s,
         }
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> _Bolus:
-        return cls(DoseSource(r["src"]), r["vol"], r["dose"], r["rate"], r["done"])
+        return cls(
+            DoseSource(r["src"]), r["vol"], r["dose"], r["rate"], r["done"], r.get("t0", 0.0)
+        )
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,7 @@ class _Issued:
     # credited as this command's, not left to basal (a bolus would be given twice).
     restored: bool = False
     resent: bool = False  # ...and already sent anew with what is left of its limit
+    bolus_t0_s: float | None = None  # the bolus it was made for (_Bolus.t0_s), if any
 
     def to_record(self) -> dict[str, Any]:
         i = self.intent
@@ -268,6 +279,7 @@ class _Issued:
             "bolus": self.bolus_rate_ul_per_h,
             "ap": self.applied_ul,
             "apt": self.applied_t_s,
+            "b0": self.bolus_t0_s,
         }
 
     @classmethod
@@ -277,7 +289,13 @@ class _Issued:
         )
         applied = None if r["ap"] is None else float(r["ap"])
         return cls(
-            intent, float(r["basal"]), float(r["bolus"]), applied, float(r["apt"]), restored=True
+            intent,
+            float(r["basal"]),
+            float(r["bolus"]),
+            applied,
+            float(r["apt"]),
+            restored=True,
+            bolus_t0_s=r.get("b0", 0.0),  # older records: the bolus then running (t0 0)
         )
 
 
@@ -324,6 +342,15 @@ class TherapyEngine:
         self._prescribed_by_day: dict[int, float] = {}
         self._overrides: list[tuple[float, str]] = []
         self._issued: _Issued | None = None
+        # (time, µg/mL): a refill to a weaker fluid while the device ran; the next delta that
+        # began before it enters the line at this concentration (see refill).
+        self._unbooked_fill: tuple[float, float] | None = None
+        # After an accepted journal rollback: what entered the line since the last record kept
+        # is of unknown fluid (a lost refill) until it has left; [booked?, device total then].
+        self._unsure_line: list[Any] | None = None
+        # The command the device last confirmed running: until a newer one takes effect the
+        # device keeps delivering this one's rates, so its bolus share is credited by it.
+        self._in_force: _Issued | None = None
         self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
         self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
         # The program of the drug a refill replaced, while a bridge delivers what of it is
@@ -611,6 +638,23 @@ class TherapyEngine:
             )
         if bridge and flush:
             raise TherapyError("bridge, flush: one or the other (flush empties the line)")
+        if (changes_drug or flush) and not self._device_stopped():
+            # What the device pushed since its last report is not booked yet: booked after
+            # the change it would count as the new drug, or pass through a flushed line.
+            raise TherapyError(
+                f"{'drug' if changes_drug else 'flush'}: the device has not yet confirmed it "
+                "stopped; wait for its next status report, then refill"
+            )
+        if (
+            self._line_unsure()
+            and not flush
+            and (changes_drug or concentration_ug_per_ml > self._res_conc)
+        ):
+            raise TherapyError(
+                "flush: the dose journal lost records that may have held a refill, so the "
+                "fluid that entered the line since is unknown and may be stronger; flush the "
+                "line (and prime it) to refill with this"
+            )
         line = self._require_line()
         old_drugs = line.drugs() - {new_drug.name}
         if old_drugs and not (bridge or flush):
@@ -642,9 +686,19 @@ class TherapyEngine:
         if flush:
             removed = line.flush()
             notes.append(f"line flushed ({removed.dose_ug:.6g} µg removed; prime it)")
+            self._unsure_line = None
         self._bridge_program = None
         if bridge and changes_drug:
             self._bridge_program = self._program
+        if (
+            not self._device_stopped()
+            and self._baseline is not None
+            and self._res_conc > concentration_ug_per_ml
+        ):
+            # The device may have pushed the old, stronger fluid since its last report; that
+            # volume is only reported later. It enters the line at the old concentration (an
+            # upper bound: part of it may be the new fluid), never the weaker new one.
+            self._unbooked_fill = (t_s, max(self._res_conc, self._unbooked_conc(t_s)))
         self._fill(new_drug.name, concentration_ug_per_ml, volume_ul)
         if changes_drug:
             self._program, self._drug = None, None
@@ -682,7 +736,8 @@ class TherapyEngine:
         The first value only sets the baseline. A decrease means the device's counter
         restarted: re-baseline without counting (and warn). NaN/inf are ignored.
         ``command_applied`` says whether the device already runs the latest command; until it
-        does, its volume is not credited to a bolus that command started.
+        does, the device still runs the one it last confirmed, and its volume is split between
+        basal and bolus by that command's rates.
         """
         self._advance(t_s)
         if not math.isfinite(delivered_volume_ul):
@@ -696,10 +751,10 @@ class TherapyEngine:
         self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
         baseline, since = self._baseline, self._baseline_t
         issued = self._issued
-        command_applied = command_applied or (issued is not None and issued.restored)
-        applied_now = command_applied and issued is not None and issued.applied_ul is None
-        if baseline is not None and applied_now and issued is not None:
-            issued.applied_ul, issued.applied_t_s = self._device_total, t_s
+        if command_applied and issued is not None:
+            if baseline is not None and issued.applied_ul is None:
+                issued.applied_ul, issued.applied_t_s = self._device_total, t_s
+            self._in_force = issued
         if baseline is None or delivered_volume_ul < baseline:
             if baseline is not None:
                 self._set_core_alarm(
@@ -715,6 +770,9 @@ class TherapyEngine:
             self._record("baseline")
             return
         delta = delivered_volume_ul - baseline
+        entering = self._unbooked_conc(since)
+        self._unbooked_fill = None  # this report covers the time up to now
+        unsure = self._unsure_line
         if delta > 0.0:
             booked: list[float] = [baseline]
             parts = self._split_at_midnights(since, t_s, delta)
@@ -723,9 +781,11 @@ class TherapyEngine:
                     self._flush_bucket()
                 booked.append(part_ul)
                 counter = delivered_volume_ul if k == len(parts) - 1 else math.fsum(booked)
-                self._deliver(t_end, part_ul, command_applied, counter)
+                self._deliver(t_end, part_ul, counter, entering)
         else:
             self._baseline_t = t_s
+        if unsure is not None and not unsure[0]:
+            unsure[0], unsure[1] = True, self._device_total  # the unknown fluid ends here
         # Also on an unchanged counter: a device that delivers nothing is the worst shortfall.
         self._check_under_delivery(t_s)
         if self._ledger.bucket_due(t_s):
@@ -803,9 +863,11 @@ class TherapyEngine:
                 t_s,
                 restored=True,
                 resent=True,
+                bolus_t0_s=issued.bolus_t0_s,
             )
             return intent
-        self._issued = _Issued(desired, basal, bolus)
+        made_for = self._bolus.t0_s if self._bolus is not None and bolus > 0.0 else None
+        self._issued = _Issued(desired, basal, bolus, bolus_t0_s=made_for)
         return desired
 
     def snapshot(self, t_s: float) -> EngineSnapshot:
@@ -837,6 +899,7 @@ class TherapyEngine:
             days_to_refill=days,
             next_refill_s=when,
             next_change_s=self._next_change(t_s),
+            device_stopped=self._device_stopped(),
             active_bolus=self._bolus_text(),
             detail=self._detail(),
         )
@@ -1018,11 +1081,12 @@ class TherapyEngine:
         return parts
 
     def _deliver(
-        self, t_s: float, volume_ul: float, command_applied: bool, counter_ul: float
+        self, t_s: float, volume_ul: float, counter_ul: float, entering_conc: float = 0.0
     ) -> None:
         """Book ``volume_ul`` delivered up to ``t_s``; the device counter then read
         ``counter_ul``. The baseline moves with the booking, before anything is journaled,
-        so every record's state counts each µL exactly once."""
+        so every record's state counts each µL exactly once. The volume enters the line at
+        the reservoir's concentration, or ``entering_conc`` if that is higher."""
         line = self._line
         self._baseline, self._baseline_t = counter_ul, t_s
         if line is None:
@@ -1030,17 +1094,17 @@ class TherapyEngine:
             self._device_total += volume_ul
             self._ledger.add(t_s, DoseSource.BASAL, volume_ul, 0.0)
             return
-        issued = self._issued
+        force = self._in_force
         shares: dict[DoseSource, float] = {}
         bolus = self._bolus
         if (
             bolus is not None
-            and command_applied
-            and issued is not None
-            and issued.bolus_rate_ul_per_h > 0
+            and force is not None
+            and force.bolus_rate_ul_per_h > 0
+            and force.bolus_t0_s == bolus.t0_s
         ):
-            total_rate = issued.basal_rate_ul_per_h + issued.bolus_rate_ul_per_h
-            part = min(bolus.left_ul, volume_ul * issued.bolus_rate_ul_per_h / total_rate)
+            total_rate = force.basal_rate_ul_per_h + force.bolus_rate_ul_per_h
+            part = min(bolus.left_ul, volume_ul * force.bolus_rate_ul_per_h / total_rate)
             shares[bolus.source] = part
             rest = volume_ul - part
             if rest > 0:
@@ -1048,7 +1112,7 @@ class TherapyEngine:
             bolus.delivered_ul += part
         else:
             shares[self._basal_source()] = volume_ul
-        outflow = line.push(volume_ul, self._res_conc, self._res_drug)
+        outflow = line.push(volume_ul, max(self._res_conc, entering_conc), self._res_drug)
         by_drug = outflow.dose_by_drug_ug()
         for source, vol in shares.items():
             share = vol / volume_ul
@@ -1274,6 +1338,7 @@ class TherapyEngine:
 
     def _start_bolus(self, t_s: float, bolus: _Bolus) -> None:
         self._flush_bucket()
+        bolus.t0_s = t_s
         self._bolus = bolus
         day = self._ledger.day_of(t_s)
         self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + bolus.dose_ug
@@ -1466,9 +1531,44 @@ class TherapyEngine:
             "presc": [self._prescribed_ul, {str(d): v for d, v in self._prescribed_by_day.items()}],
             "open": open_bucket.to_record() if open_bucket is not None else None,
             "issued": self._issued.to_record() if self._issued is not None else None,
+            "force": self._force_record(),
+            "unb": list(self._unbooked_fill) if self._unbooked_fill is not None else None,
+            "unsure": list(self._unsure_line) if self._unsure_line is not None else None,
             "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
             "hold": self._bolus_hold_until_s,
         }
+
+    def _device_stopped(self) -> bool:
+        """The device confirmed a stop and no other command is on its way to it."""
+        issued, force = self._issued, self._in_force
+        if issued is None:
+            return True  # never commanded by this ledger
+        return (
+            issued.intent.action is PumpAction.STOP
+            and force is not None
+            and force.intent.action is PumpAction.STOP
+        )
+
+    def _line_unsure(self) -> bool:
+        unsure = self._unsure_line
+        if unsure is None:
+            return False
+        if unsure[0] and self._device_total - unsure[1] >= self.config.line_dead_volume_ul:
+            self._unsure_line = None  # pushed out of the line
+            return False
+        return True
+
+    def _unbooked_conc(self, since_s: float) -> float:
+        """The concentration unbooked volume delivered after ``since_s`` may have (0: none
+        above the reservoir's)."""
+        pending = self._unbooked_fill
+        return pending[1] if pending is not None and since_s < pending[0] else 0.0
+
+    def _force_record(self) -> dict[str, Any] | str | None:
+        force = self._in_force
+        if force is None:
+            return None
+        return _SAME_AS_ISSUED if force is self._issued else force.to_record()
 
     def _load_state(self, s: Mapping[str, Any]) -> None:
         self._t = max(self._t, float(s["t"]))
@@ -1495,6 +1595,16 @@ class TherapyEngine:
         )
         issued = s.get("issued")
         self._issued = _Issued.from_record(issued) if issued else None
+        unsure = s.get("unsure")
+        self._unsure_line = [bool(unsure[0]), float(unsure[1])] if unsure else None
+        unbooked = s.get("unb")
+        self._unbooked_fill = (float(unbooked[0]), float(unbooked[1])) if unbooked else None
+        force = s.get("force", _SAME_AS_ISSUED)  # older records: the issued one, if applied
+        if force == _SAME_AS_ISSUED:
+            applied = self._issued is not None and self._issued.applied_ul is not None
+            self._in_force = self._issued if applied else None
+        else:
+            self._in_force = _Issued.from_record(force) if force else None
         bridge_program = s.get("bprog")
         self._bridge_program = self._parse_journaled(bridge_program) if bridge_program else None
         hold = s.get("hold")
@@ -1586,6 +1696,7 @@ class TherapyEngine:
         record kept is booked at its next report."""
         lost = int(record["mark_n"]) - int(record["last_n"])
         self._bolus_hold_until_s = float(record["mark_t"]) + SECONDS_PER_DAY
+        self._unsure_line = [False, self._device_total]
         self._run = False
         self._bolus = None
         self._why = (

@@ -155,6 +155,9 @@ _REL: Final = 1e-9
 _TWIN_HOURS: Final = 30.0  # a restart is compared this long (the 24 h window has turned over)
 _UNDER_RATIO: Final = 0.9
 _UNDER_AFTER_S: Final = 600.0
+# How long an operator waits for the pump to show it stopped before a drug change, a flush or
+# the re-entry after a rollback, then tries anyway.
+_OPERATOR_PATIENCE_S: Final = 900.0
 _ROLLBACK_REASON: Final = "bench operator: the lost records are accepted"
 _REENTRY_REASON: Final = "re-entered by the operator after a journal rollback"
 
@@ -383,6 +386,8 @@ class _Harness:
         # fluid: the engine cannot know they entered at the old concentration.
         self.unreported_fills: list[tuple[float, float]] = []
         self.unreported_delivered: list[float] = []  # when such a span left the tip
+        self.waiting_since: float | None = None  # the operator waits for the pump to stop
+        self.reentry_due = False  # after an accepted rollback, once the pump shows stopped
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -414,7 +419,7 @@ class _Harness:
                 times.append(self.reopen_at)
             if self.fault is not None:
                 times.append(self.fault.repair_at)
-            if events:
+            if events and not self._operator_waits(events[0]):
                 times.append(events[0].at_s)
             t_next = max(self.t, min(times))
             stuck = stuck + 1 if t_next == self.t else 0
@@ -430,13 +435,45 @@ class _Harness:
             due = self.t >= self.next_ctrl or self.t >= self.next_change
             if self.alive and (stopped or due):
                 self._control_step()
-            while events and events[0].at_s <= self.t:
+            if self.reentry_due and self._pump_shows_stopped():
+                self.reentry_due = False
+                self._reentry()
+                self._issue()
+            while events and events[0].at_s <= self.t and not self._operator_waits(events[0]):
                 self._act(events.popleft())
             if self.twin is not None and self.t >= self.twin_until:
                 self._drop_twin()
 
     def _abs(self) -> float:
         return self.setup.t0_s + self.t
+
+    def _pump_shows_stopped(self) -> bool:
+        """What an operator waits for before changing the drug or flushing the line: the
+        engine's status says the device confirmed its stop (or patience ran out)."""
+        if not self.alive or self.fault is not None:
+            self.waiting_since = None
+            return False
+        snap = self._engine().snapshot(self._abs())
+        if getattr(snap, "device_stopped", True):
+            self.waiting_since = None
+            return True
+        if self.waiting_since is None:
+            self.waiting_since = self.t
+        if self.t - self.waiting_since >= _OPERATOR_PATIENCE_S:
+            self.waiting_since = None
+            self.result.notes["operator gave up waiting for the pump to stop"] += 1
+            return True
+        return False
+
+    def _operator_waits(self, event: Event) -> bool:
+        """A due refill that changes the drug or flushes waits (and the events after it)."""
+        if not isinstance(event, Refill) or event.at_s > self.t:
+            return False
+        if not self.alive or self.fault is not None:
+            return False
+        if not event.flush and event.drug == self._engine().snapshot(self._abs()).drug:
+            return False
+        return not self._pump_shows_stopped()
 
     def _engine(self) -> TherapyEngine:
         assert self.real is not None
@@ -1161,7 +1198,7 @@ class _Harness:
                 self.result.notes["journal rollback: accepted by the operator"] += 1
                 self.rollbacks.append(self.t)
                 self._drop_twin()
-                self._reentry()
+                self.reentry_due = True  # once the pump shows it stopped
                 self._after_repair()
                 return
             self.result.notes["confirmed rollback still faulted"] += 1
@@ -1190,22 +1227,36 @@ class _Harness:
             refill = Refill(
                 self.t, left, truth.drug, truth.concentration_ug_per_ml, report_withdrawn=False
             )
-            if snap.drug != truth.drug:
+            # Another drug, or a stronger fluid than the journal kept: what entered the line
+            # in the lost time is unknown, so the line is flushed and primed.
+            if snap.drug != truth.drug or (
+                truth.concentration_ug_per_ml > snap.concentration_ug_per_ml
+            ):
                 self._both(lambda e: e.suspend(now, "journal rollback re-entry"))
-                self._refill(replace(refill, flush=True), operator=True)
-                prime = True
+                prime = self._refill(replace(refill, flush=True), operator=True)
             elif snap.concentration_ug_per_ml != truth.concentration_ug_per_ml or abs(
                 snap.reservoir_volume_ul - left
             ) > max(1.0, 0.01 * left):
                 self._refill(refill, operator=True)
+        reentered = False
         if program is not None:
             real, _twin = self._both_try(
                 lambda e: e.set_program(
                     now, program, override_titration=True, override_reason=_REENTRY_REASON
                 )
             )
-            if not real:
+            reentered = not real
+            if reentered:
                 self._accepted_program(program)
+        if not reentered:
+            # The lost prescription could not be re-entered (it was written for another
+            # fluid): the operator goes on with the one the journal kept, and so does the
+            # limit this check holds the engine to (the device is stopped: nothing in flight).
+            kept = engine.program
+            if kept is not None:
+                self.program = kept
+                self.pending_limits = []
+                self.limits.set(kept.drug, self.t, engine.daily_limit_ug())
         self._both(lambda e: e.clear_alarms(now))
         self._both_try(lambda e: e.resume(now))
         if prime:
