@@ -143,6 +143,9 @@ class DoseLedger:
         self.bucket_s = bucket_s
         self.utc_offset_s = utc_offset_s
         self._window: deque[DeliveryBucket] = deque()
+        # fsum of the closed buckets in the window, per drug (None: all), until the window
+        # changes: the 24 h dose is asked for at every report, for every drug in the line.
+        self._closed_sum: dict[str | None, float] = {}
         self._left_t1: float | None = None  # end of the last bucket that left the window
         self._days: dict[int, DayTotal] = {}
         self._open: _OpenBucket | None = None
@@ -215,6 +218,7 @@ class DoseLedger:
     def apply(self, bucket: DeliveryBucket) -> None:
         """Account a closed bucket (also how the journal is replayed)."""
         self._window.append(bucket)
+        self._closed_sum.clear()
         day_number = self.day_ending_at(bucket.t1_s)
         day = self._days.setdefault(day_number, DayTotal(day_number))
         for table, target in ((bucket.volume_ul, day.volume_ul), (bucket.dose_ug, day.dose_ug)):
@@ -248,6 +252,7 @@ class DoseLedger:
     def _expire(self, t_s: float) -> None:
         while self._window and self._window[0].t1_s + WINDOW_S <= t_s:
             self._left_t1 = self._window.popleft().t1_s
+            self._closed_sum.clear()
 
     def _in_window(self, t_s: float, *, by_drug: bool = False) -> Iterable[Mapping[str, float]]:
         self._expire(t_s)
@@ -258,9 +263,19 @@ class DoseLedger:
 
     def dose_24h_ug(self, t_s: float, drug: str | None = None) -> float:
         """Patient dose in the 24 h up to ``t_s``: of ``drug``, or of every drug (None)."""
-        if drug is None:
-            return math.fsum(v for table in self._in_window(t_s) for v in table.values())
-        return math.fsum(table.get(drug, 0.0) for table in self._in_window(t_s, by_drug=True))
+        self._expire(t_s)
+        closed = self._closed_sum.get(drug)
+        if closed is None:
+            if drug is None:
+                closed = math.fsum(v for b in self._window for v in b.dose_ug.values())
+            else:
+                closed = math.fsum(b.drug_dose_ug.get(drug, 0.0) for b in self._window)
+            self._closed_sum[drug] = closed
+        bucket = self._open
+        if bucket is None:
+            return closed
+        table = bucket.dose_ug if drug is None else bucket.drug_dose_ug
+        return closed + (math.fsum(table.values()) if drug is None else table.get(drug, 0.0))
 
     def drugs_24h(self, t_s: float) -> set[str]:
         """Every drug with a dose in the 24 h up to ``t_s``."""

@@ -8,6 +8,7 @@ step, the last step of a day until midnight.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -82,11 +83,12 @@ class DoseSchedule:
             for s, end in zip(steps, ends, strict=True)
         )
 
-    @property
+    # Cached: the schedule is immutable, and the engine asks at every report.
+    @functools.cached_property
     def max_daily_dose_ug(self) -> float:
         return max(self.daily_dose_ug(d) for d in range(7))
 
-    @property
+    @functools.cached_property
     def mean_daily_dose_ug(self) -> float:
         return math.fsum(self.daily_dose_ug(d) for d in range(7)) / 7.0
 
