@@ -504,3 +504,84 @@ def test_7_one_ledger_semantics_journal_or_not() -> None:
                     journaled.snapshot(t), f.name
                 ), f.name
         journaled.close()
+
+
+# --- found by the randomized check after the seven ----------------------------------------------
+
+
+def _baclofen_at_2000() -> TherapyEngine:
+    """Baclofen 2000 µg/mL at 18.75 µL/h through a primed 200 µL line, 10 h in."""
+    engine = TherapyEngine(t_s=T0, library=LIBRARY)
+    engine.set_program(T0, program("baclofen", 2000.0, 900.0))
+    engine.on_device_volume(T0, 0.0)
+    engine.command(T0)
+    engine.on_device_volume(T0 + 10 * HOUR, 187.5)
+    return engine
+
+
+def test_8_a_refill_to_a_weaker_fluid_books_the_unreported_volume_at_the_old_one() -> None:
+    """The pump runs on between its last report and a refill to 500 µg/mL; that volume is
+    reported only after the refill. It was the old 2000 µg/mL fluid: booked as the new one,
+    the dose that later leaves the tip is under-stated (and the window may pass the maximum)."""
+    engine = _baclofen_at_2000()
+    refill_t = T0 + 11 * HOUR - 60.0
+    engine.refill(refill_t, volume_ul=15000.0, drug="baclofen", concentration_ug_per_ml=500.0)
+    engine.on_device_volume(T0 + 11 * HOUR, 187.5 + 18.75)  # 18.44 µL of it before the refill
+    engine.on_device_volume(T0 + 40 * HOUR, 700.0)  # the rest, and the line, out of the tip
+    old_ul = 200.0 + 187.5 + 18.75 * (refill_t - T0 - 10 * HOUR) / HOUR  # at 2000 µg/mL
+    true_ug = (old_ul * 2000.0 + (700.0 - old_ul) * 500.0) / 1000.0
+    booked_ug = engine.snapshot(T0 + 40 * HOUR).delivered_dose_total_ug
+    assert booked_ug >= true_ug - 1e-9, (booked_ug, true_ug)
+    # Over-stated by no more than the report that spans the refill (0.31 µL, 1.5 µg/µL more).
+    assert booked_ug - true_ug <= 0.32 * 1.5, (booked_ug, true_ug)
+
+
+@pytest.mark.parametrize("change", ["drug", "flush"])
+def test_8_a_drug_change_or_a_flush_waits_for_the_confirmed_stop(change: str) -> None:
+    """Until the device confirms its stop, what it pushed since its last report is unbooked:
+    booked after a drug change it would count as the new drug, after a flush it would pass
+    through a line of saline. Refused with one line; nothing changes."""
+    engine = _baclofen_at_2000()
+    t = T0 + 10 * HOUR + 30.0
+    engine.suspend(t)
+    engine.command(t)  # the stop is on its way
+    refill = {
+        "volume_ul": 15000.0,
+        "drug": "morphine" if change == "drug" else "baclofen",
+        "concentration_ug_per_ml": 10000.0 if change == "drug" else 2000.0,
+        "flush": True,
+    }
+    before = engine.snapshot(t)
+    with pytest.raises(TherapyError, match="not yet confirmed it stopped"):
+        engine.refill(t, **refill)  # type: ignore[arg-type]
+    assert engine.snapshot(t) == before
+    # The next report confirms the stop and books the 0.16 µL pushed meanwhile as baclofen.
+    engine.on_device_volume(t + 1.0, 187.5 + 0.15625, command_applied=True)
+    assert engine.snapshot(t + 1.0).device_stopped
+    dose_before_ug = engine.snapshot(t + 1.0).delivered_dose_total_ug
+    assert dose_before_ug == pytest.approx((187.5 + 0.15625) * 2.0)
+    engine.refill(t + 1.0, **refill)  # type: ignore[arg-type]
+
+
+def test_8_after_an_accepted_rollback_a_stronger_fluid_needs_a_flush() -> None:
+    """What the device pushed in the time the lost records covered is booked from its counter,
+    but at the fluid the kept records knew: had a lost refill put in a stronger one, the line
+    holds more than is booked. Until that volume has left the line, a refill with a stronger
+    fluid (or another drug) is refused without a flush."""
+    with journal_dir() as directory:
+        path = directory / "dose.journal"
+        _journal_with_a_grant(path)
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(lines[:-3]))
+        engine = TherapyEngine.open(
+            t_s=T0 + 1300, library=LIBRARY, journal_path=path, confirm_rollback="backup"
+        )
+        engine.command(T0 + 1300)
+        engine.on_device_volume(T0 + 1301, 4.0, command_applied=True)  # stop confirmed
+        stronger = {"volume_ul": 15000.0, "drug": "baclofen", "concentration_ug_per_ml": 2000.0}
+        with pytest.raises(TherapyError, match="flush"):
+            engine.refill(T0 + 1301, **stronger)  # type: ignore[arg-type]
+        weaker = dict(stronger, concentration_ug_per_ml=250.0)
+        engine.refill(T0 + 1301, **weaker)  # type: ignore[arg-type]  # booked as the stronger
+        engine.refill(T0 + 1302, flush=True, **stronger)  # type: ignore[arg-type]
+        engine.close()

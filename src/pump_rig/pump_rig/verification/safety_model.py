@@ -353,6 +353,9 @@ class LineModel:
 # --- limits and the window oracle ---------------------------------------------------------------
 
 
+_TIME_EPS_S: Final = 1e-6
+
+
 class LimitSchedule:
     """Per drug, the daily limit in force from each time on (a drug never set: its default)."""
 
@@ -515,7 +518,10 @@ class WindowOracle:
             k0 = bisect.bisect_right(breaks, a - DAY_S)
             k1 = bisect.bisect_left(breaks, b - DAY_S)
             shifted = (x + DAY_S for x in breaks[k0:k1])
-            times = sorted({a, b, *shifted, *limits.changes(drug, a, b)})
+            # A limit change a rounding error before the end of a piece is at its end: the
+            # piece was delivered under the old one (their times come from different sums).
+            changes = [c for c in limits.changes(drug, a, b) if c < b - _TIME_EPS_S]
+            times = sorted({a, b, *shifted, *changes})
             slack = self.slack_steps * self.resolution_ul * d.conc[i] / UL_PER_ML
             windows = [cum.window(t) for t in times]
             first: tuple[float, float, float] | None = None
