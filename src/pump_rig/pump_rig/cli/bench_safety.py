@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing.pool import AsyncResult
 from typing import Final
 
-from pump_rig.core.therapy_engine import TherapyEngine
 from pump_rig.verification.safety_runner import (
-    EngineFeatures,
     SequenceResult,
     Violation,
     format_scenario,
@@ -113,13 +111,10 @@ def run_safety_bench(
     if profile not in PROFILES:
         raise ValueError(f"profile: one of {', '.join(PROFILES)} (got {profile!r})")
     workers = jobs or os.cpu_count() or 1
-    missing = EngineFeatures.of(TherapyEngine).missing()
     print(
         f"pumprig bench safety: profile {profile}, seeds from {seed}, {workers} workers, "
         f"{minutes:g} min"
     )
-    if missing:
-        print(f"  the engine lacks {', '.join(missing)}: worked around (see safety_runner)")
     totals = _Totals()
     wall0 = time.monotonic()
     deadline = wall0 + minutes * 60.0

@@ -18,8 +18,6 @@ is lost by decision); the true dose, lockouts and counts are still judged.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import inspect
 import math
 import random
 import tempfile
@@ -85,7 +83,6 @@ from pump_rig.verification.safety_scenarios import (
 
 __all__ = [
     "KINDS",
-    "EngineFeatures",
     "SequenceResult",
     "Violation",
     "format_scenario",
@@ -199,32 +196,6 @@ class SequenceResult:
         return next((v for v in self.violations if v.kind == kind), None)
 
 
-@dataclass(frozen=True)
-class EngineFeatures:
-    """Which of the engine's newer interfaces it has; the runner works around a missing one."""
-
-    confirm_rollback: bool  # TherapyEngine.open(confirm_rollback=...)
-    refill_flush: bool  # TherapyEngine.refill(flush=...)
-    stop_at_device: bool  # CommandIntent.stop_at_device_ul
-
-    @classmethod
-    def of(cls, engine_cls: type[TherapyEngine]) -> EngineFeatures:
-        return cls(
-            confirm_rollback="confirm_rollback" in inspect.signature(engine_cls.open).parameters,
-            refill_flush="flush" in inspect.signature(engine_cls.refill).parameters,
-            stop_at_device="stop_at_device_ul"
-            in {f.name for f in dataclasses.fields(CommandIntent)},
-        )
-
-    def missing(self) -> list[str]:
-        names = {
-            "confirm_rollback": "TherapyEngine.open(confirm_rollback=)",
-            "refill_flush": "TherapyEngine.refill(flush=)",
-            "stop_at_device": "CommandIntent.stop_at_device_ul",
-        }
-        return [text for name, text in names.items() if not getattr(self, name)]
-
-
 def format_time(t_s: float) -> str:
     days, rest = divmod(t_s, DAY_S)
     h, rest = divmod(rest, 3600.0)
@@ -326,7 +297,6 @@ class _Harness:
         self.setup = s
         self.lib = library
         self.engine_cls = engine_cls
-        self.features = EngineFeatures.of(engine_cls)
         self.rng = random.Random(s.rng_seed)
         self.journal = workdir / "dose.journal"
         self.config = EngineConfig(
@@ -454,7 +424,7 @@ class _Harness:
             self.waiting_since = None
             return False
         snap = self._engine().snapshot(self._abs())
-        if getattr(snap, "device_stopped", True):
+        if snap.device_stopped:
             self.waiting_since = None
             return True
         if self.waiting_since is None:
@@ -642,7 +612,6 @@ class _Harness:
         if command is not self.sent:
             self.serial += 1
             self.sent, self.sent_counter = command, device.counter_ul
-            stop_at = float(getattr(command, "stop_at_device_ul", 0.0))
             infuse = command.action is PumpAction.INFUSE
             self._log(f"command #{self.serial}: {_show(command)}")
             device.send(
@@ -651,7 +620,7 @@ class _Harness:
                     infuse,
                     command.flow_rate_ul_per_h,
                     command.volume_limit_ul,
-                    stop_at,
+                    command.stop_at_device_ul,
                     self.serial,
                 ),
                 self._latency(),
@@ -800,8 +769,7 @@ class _Harness:
             end_r, end_t = self.sent_counter + lim_r, self.twin_sent_counter + lim_t
             if abs(end_r - end_t) > 0.011 * max(lim_r, lim_t) + 2 * res + 1e-3 + drift:
                 return "volume limit", end_r > end_t
-        stop_r = float(getattr(real, "stop_at_device_ul", 0.0))
-        stop_t = float(getattr(twin, "stop_at_device_ul", 0.0))
+        stop_r, stop_t = real.stop_at_device_ul, twin.stop_at_device_ul
         if (stop_r > 0) != (stop_t > 0):
             return "stop at device", stop_r == 0
         if stop_r > 0:
@@ -1040,7 +1008,7 @@ class _Harness:
             "withdrawn_ul": device.reservoir_left_ul() if event.report_withdrawn else 0.0,
             "bridge": event.bridge,
         }
-        if event.flush and self.features.refill_flush:
+        if event.flush:
             kwargs["flush"] = True
         before = self._issue()
         now = self._abs()
@@ -1190,7 +1158,7 @@ class _Harness:
         assert fault is not None
         self.fault = None
         self._engine().close()
-        if fault.event.damage == "rollback" and self.features.confirm_rollback:
+        if fault.event.damage == "rollback":
             self.real = self._open(confirm_rollback=_ROLLBACK_REASON)
             self._fresh_engine()
             snap = self.real.snapshot(self._abs())
@@ -1316,14 +1284,14 @@ def _same_content(a: CommandIntent, b: CommandIntent) -> bool:
     return (
         a.flow_rate_ul_per_h == b.flow_rate_ul_per_h
         and a.volume_limit_ul == b.volume_limit_ul
-        and getattr(a, "stop_at_device_ul", 0.0) == getattr(b, "stop_at_device_ul", 0.0)
+        and a.stop_at_device_ul == b.stop_at_device_ul
     )
 
 
 def _show(c: CommandIntent) -> str:
     if c.action is not PumpAction.INFUSE:
         return f"{c.action.name} ({c.reason})"
-    stop = float(getattr(c, "stop_at_device_ul", 0.0))
+    stop = c.stop_at_device_ul
     return f"INFUSE {c.flow_rate_ul_per_h:.6g} µL/h limit {c.volume_limit_ul:.6g} µL" + (
         f" stop at {stop:.6g} µL" if stop else ""
     )
