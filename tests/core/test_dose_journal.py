@@ -17,6 +17,7 @@ from pump_rig.core.dose_journal import (
     DoseJournal,
     JournalError,
     JournalMissingError,
+    JournalRollbackError,
 )
 from pump_rig.core.program import TherapyProgram, default_drug_library, parse_program
 from pump_rig.core.pump_types import PumpAction
@@ -452,3 +453,30 @@ def test_engine_on_a_malformed_state_record_refuses_dosing(tmp_path: Path) -> No
     engine = TherapyEngine.open(t_s=T0 + 3600, library=LIB, journal_path=path)
     assert engine.state is TherapyState.ALARM
     assert [e.code for e in engine.drain_alarm_events()] == [JOURNAL_FAULT]
+
+
+def test_a_high_water_mark_in_the_old_slot_size_is_still_read(tmp_path: Path) -> None:
+    """Marks written before they carried a digest had 192-byte slots: the journal opens, and
+    a rollback past such a mark is still caught (with no digest to restore)."""
+    path = tmp_path / "dose.journal"
+    journal, _ = DoseJournal.open(path, t_s=T0)
+    for k in range(3):
+        journal.append({"k": "note", "i": k}, t_s=T0 + k, digest={"c": float(k)})
+    journal.close()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    slots = b""
+    for n in (2, 3):  # slot n % 2, as the old writer left them
+        text = json.dumps({"n": n, "crc": lines[n].rstrip("\n").rpartition("\t")[2], "t": T0})
+        slot = f"{text}\t{zlib.crc32(text.encode()):08x}".encode()
+        slots += slot.ljust(191) + b"\n"
+    mark = path.with_name(path.name + ".hwm")
+    mark.write_bytes(slots[192:] + slots[:192])  # n=2 in slot 0, n=3 in slot 1
+    again, records = DoseJournal.open(path, t_s=T0 + 10)
+    assert [r["i"] for r in records] == [0, 1, 2]
+    again.close()
+    path.write_text("".join(lines[:-1]), encoding="utf-8")  # the last record lost
+    mark.write_bytes(slots[192:] + slots[:192])
+    with pytest.raises(JournalRollbackError):
+        DoseJournal.open(path, t_s=T0 + 20)
+    _, records = DoseJournal.open(path, t_s=T0 + 30, accept_rollback="test")
+    assert records[-1]["k"] == "rollback" and records[-1]["mark_d"] is None

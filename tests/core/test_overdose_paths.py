@@ -585,3 +585,52 @@ def test_8_after_an_accepted_rollback_a_stronger_fluid_needs_a_flush() -> None:
         engine.refill(T0 + 1301, **weaker)  # type: ignore[arg-type]  # booked as the stronger
         engine.refill(T0 + 1302, flush=True, **stronger)  # type: ignore[arg-type]
         engine.close()
+
+
+def test_8_a_rollback_past_every_record_keeps_the_24h_dose_from_the_high_water_mark() -> None:
+    """A journal rolled back to its header lost the whole dose history. The high-water mark
+    kept beside it holds the 24 h dose and the device counter of the last record written:
+    accepting the loss books that dose (so the maximum still holds), counts the device from
+    that counter, and doses nothing until the unknown line is flushed."""
+    capped = program("baclofen", 500.0, 240.0, max_daily=250.0)
+    with journal_dir() as directory:
+        path = directory / "dose.journal"
+        engine = TherapyEngine.open(
+            t_s=T0, library=LIBRARY, journal_path=path, initial_program=capped
+        )
+        engine.on_device_volume(T0, 0.0)
+        engine.command(T0)
+        for k in range(1, 21):  # 20 h at 20 µL/h: 400 µL, 200 µg
+            engine.on_device_volume(T0 + k * HOUR, 20.0 * k)
+            engine.command(T0 + k * HOUR)
+        engine.close()
+        header = path.read_bytes().splitlines(keepends=True)[0]
+        path.write_bytes(header)  # every record lost
+        t = T0 + 20 * HOUR + 600
+        restored = TherapyEngine.open(
+            t_s=t, library=LIBRARY, journal_path=path, confirm_rollback="restored an old copy"
+        )
+        assert restored.snapshot(t).delivered_dose_24h_ug == pytest.approx(200.0)
+        restored.set_program(t, capped)
+        restored.resume(t)
+        stop = restored.command(t)
+        assert stop.action is PumpAction.STOP and "flush" in stop.reason
+        restored.on_device_volume(t + 1, 403.0, command_applied=True)  # 3 µL since the mark
+        restored.refill(
+            t + 1, volume_ul=15000.0, drug="baclofen", concentration_ug_per_ml=500.0, flush=True
+        )
+        restored.resume(t + 1)
+        counter, now = 403.0, t + 1
+        for _ in range(200):  # the device follows the commands, 5 min a report
+            intent = restored.command(now)
+            if intent.action is PumpAction.INFUSE:
+                step = intent.flow_rate_ul_per_h * 300.0 / HOUR
+                if intent.stop_at_device_ul > 0:
+                    step = min(step, max(0.0, intent.stop_at_device_ul - counter))
+                counter += step
+            now += 300.0
+            restored.on_device_volume(now, counter, command_applied=True)
+        # 250 − 200 µg, less the 3 µL (1.5 µg) pushed since the mark: 97 µL of drug after
+        # the flushed line's 200 µL of saline (one device step short).
+        assert counter - 403.0 == pytest.approx(297.0, abs=0.2)
+        restored.close()

@@ -10,10 +10,12 @@ opening fails instead of silently starting a new, empty dose history.
 A journal can also lose its last WHOLE records and still read as healthy (a file restored from
 a copy, a filesystem that dropped the tail it had acknowledged): the records left are intact and
 numbered, and the sidecar cannot see it. So a high-water mark is kept apart from the journal, in
-``<journal>.hwm``: the number, CRC and time of the last record written, updated (and fsync'd)
-after every append. A journal that ends before its high-water mark was rolled back: opening it
-raises :class:`JournalRollbackError` unless an operator accepts the loss with a reason, which is
-then journaled (a ``rollback`` record naming what was lost) before anything else.
+``<journal>.hwm``: the number, CRC and time of the last record written, and the writer's digest
+of the state it left (the therapy engine's: device counter and 24 h dose per drug), updated
+(and fsync'd) after every append. A journal that ends before its high-water mark was rolled
+back: opening it raises :class:`JournalRollbackError` unless an operator accepts the loss with a
+reason, which is then journaled (a ``rollback`` record naming what was lost, with the mark's
+digest) before anything else.
 
 The mark has two slots written in turn, each with its own CRC, so a crash in the middle of
 writing one leaves the other: the newer valid slot is the mark.
@@ -42,7 +44,8 @@ __all__ = [
 ]
 
 JOURNAL_VERSION: Final = 1
-_SLOT_BYTES: Final = 192  # one high-water-mark slot: JSON, tab, CRC-32, padding, newline
+_SLOT_BYTES: Final = 512  # one high-water-mark slot: JSON, tab, CRC-32, padding, newline
+_OLD_SLOT_BYTES: Final = 192  # marks written before they carried a digest
 
 
 class JournalError(Exception):
@@ -77,11 +80,13 @@ class JournalRollbackError(JournalError):
 
 @dataclass(frozen=True)
 class HighWaterMark:
-    """The last record written: its number, the CRC of its line and its time (s)."""
+    """The last record written: its number, the CRC of its line and its time (s), and the
+    writer's digest of the state it left (what a rollback past it cannot otherwise know)."""
 
     n: int
     crc: str
     t_s: float
+    digest: Mapping[str, Any] | None = None
 
 
 def _encode(record: Mapping[str, Any]) -> str:
@@ -116,26 +121,42 @@ class _MarkFile:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        marks = _MarkFile._slots(data, _SLOT_BYTES) or _MarkFile._slots(data, _OLD_SLOT_BYTES)
+        if not marks:
+            raise ValueError("no valid slot")
+        return max(marks, key=lambda m: m.n)
+
+    @staticmethod
+    def _slots(data: bytes, size: int) -> list[HighWaterMark]:
         marks = []
-        for k in range(0, len(data), _SLOT_BYTES):
-            slot = data[k : k + _SLOT_BYTES].rstrip(b" \n").decode("utf-8", "replace")
+        for k in range(0, len(data), size):
+            slot = data[k : k + size].rstrip(b" \n\0").decode("utf-8", "replace")
             text, _, crc = slot.rpartition("\t")
             if not text or f"{zlib.crc32(text.encode()):08x}" != crc:
                 continue
             try:
                 fields = json.loads(text)
+                digest = fields.get("d")
                 marks.append(
-                    HighWaterMark(int(fields["n"]), str(fields["crc"]), float(fields["t"]))
+                    HighWaterMark(
+                        int(fields["n"]),
+                        str(fields["crc"]),
+                        float(fields["t"]),
+                        digest if isinstance(digest, dict) else None,
+                    )
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-        if not marks:
-            raise ValueError("no valid slot")
-        return max(marks, key=lambda m: m.n)
+        return marks
 
     def write(self, mark: HighWaterMark) -> None:
-        text = json.dumps({"n": mark.n, "crc": mark.crc, "t": mark.t_s}, separators=(",", ":"))
+        fields: dict[str, Any] = {"n": mark.n, "crc": mark.crc, "t": mark.t_s}
+        if mark.digest is not None:
+            fields["d"] = mark.digest
+        text = json.dumps(fields, separators=(",", ":"), allow_nan=False)
         slot = f"{text}\t{zlib.crc32(text.encode()):08x}".encode()
+        if len(slot) >= _SLOT_BYTES:
+            raise ValueError(f"high-water mark of {len(slot)} bytes does not fit its slot")
         slot = slot.ljust(_SLOT_BYTES - 1) + b"\n"
         os.pwrite(self._fd, slot, (mark.n % 2) * _SLOT_BYTES)
         os.fsync(self._fd)
@@ -200,6 +221,7 @@ class DoseJournal:
                 "last_n": rollback.last_n,
                 "mark_n": rollback.mark.n,
                 "mark_t": rollback.mark.t_s,
+                "mark_d": rollback.mark.digest,
                 "t": t_s,
             }
             journal.append(lost, t_s=t_s)
@@ -289,21 +311,30 @@ class DoseJournal:
             )
         return records, lines
 
-    def append(self, record: Mapping[str, Any], *, t_s: float = 0.0) -> None:
-        """Write one record made at ``t_s`` and fsync it, then the high-water mark. ``n`` is
-        added here."""
+    def append(
+        self,
+        record: Mapping[str, Any],
+        *,
+        t_s: float = 0.0,
+        digest: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write one record made at ``t_s`` and fsync it, then the high-water mark (with
+        ``digest``, the writer's summary of the state the record leaves: returned as
+        ``mark_d`` of an accepted rollback). ``n`` is added here."""
         if self._handle is None:
             raise JournalError(self.path, 0, "journal is closed")
         line = _encode({**record, "n": self._next_n})
         self._handle.write(line)
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        self._write_mark(self._next_n, line, t_s)
+        self._write_mark(self._next_n, line, t_s, digest)
         self._next_n += 1
 
-    def _write_mark(self, n: int, line: str, t_s: float) -> None:
+    def _write_mark(
+        self, n: int, line: str, t_s: float, digest: Mapping[str, Any] | None = None
+    ) -> None:
         if self._mark is not None:
-            self._mark.write(HighWaterMark(n, _line_crc(line), t_s))
+            self._mark.write(HighWaterMark(n, _line_crc(line), t_s, digest))
 
     @property
     def records_written(self) -> int:

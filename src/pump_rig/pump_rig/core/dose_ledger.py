@@ -36,6 +36,8 @@ class DoseSource(enum.StrEnum):
     CLINICIAN_BOLUS = "clinician_bolus"
     PRIME = "prime"
     BRIDGE = "bridge"
+    # Dose the journal's lost records held (from its high-water mark), after a rollback.
+    UNRECORDED = "unrecorded"
 
 
 class _BySource:

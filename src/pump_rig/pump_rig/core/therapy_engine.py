@@ -648,7 +648,7 @@ class TherapyEngine:
         if (
             self._line_unsure()
             and not flush
-            and (changes_drug or concentration_ug_per_ml > self._res_conc)
+            and (changes_drug or concentration_ug_per_ml > self._res_conc or self._line_unknown())
         ):
             raise TherapyError(
                 "flush: the dose journal lost records that may have held a refill, so the "
@@ -969,6 +969,18 @@ class TherapyEngine:
             return CommandIntent(PumpAction.STOP, 0.0, 0.0, self._stop_reason(state)), 0.0, 0.0
         program = self._program
         assert program is not None
+        if self._line_unknown():
+            return (
+                CommandIntent(
+                    PumpAction.STOP,
+                    0.0,
+                    0.0,
+                    "the dose journal lost every record: the line's content is unknown; "
+                    "refill with flush (and prime) to dose",
+                ),
+                0.0,
+                0.0,
+            )
         basal = self._basal_rate(t_s)
         rate, limit, bolus_rate = basal, math.inf, 0.0
         reason = f"basal {basal:.6g} µL/h ({program.name})"
@@ -1553,10 +1565,20 @@ class TherapyEngine:
         unsure = self._unsure_line
         if unsure is None:
             return False
-        if unsure[0] and self._device_total - unsure[1] >= self.config.line_dead_volume_ul:
+        whole = len(unsure) > 2 and bool(unsure[2])
+        if (
+            not whole
+            and unsure[0]
+            and self._device_total - unsure[1] >= self.config.line_dead_volume_ul
+        ):
             self._unsure_line = None  # pushed out of the line
             return False
         return True
+
+    def _line_unknown(self) -> bool:
+        """Every journal record was lost: the line's content is not known at all."""
+        unsure = self._unsure_line
+        return unsure is not None and len(unsure) > 2 and bool(unsure[2])
 
     def _unbooked_conc(self, since_s: float) -> float:
         """The concentration unbooked volume delivered after ``since_s`` may have (0: none
@@ -1596,7 +1618,11 @@ class TherapyEngine:
         issued = s.get("issued")
         self._issued = _Issued.from_record(issued) if issued else None
         unsure = s.get("unsure")
-        self._unsure_line = [bool(unsure[0]), float(unsure[1])] if unsure else None
+        self._unsure_line = (
+            [bool(unsure[0]), float(unsure[1]), bool(unsure[2]) if len(unsure) > 2 else False]
+            if unsure
+            else None
+        )
         unbooked = s.get("unb")
         self._unbooked_fill = (float(unbooked[0]), float(unbooked[1])) if unbooked else None
         force = s.get("force", _SAME_AS_ISSUED)  # older records: the issued one, if applied
@@ -1632,10 +1658,19 @@ class TherapyEngine:
         if self._journal is None:
             raise RuntimeError("no dose journal to append to")
         try:
-            self._journal.append(record, t_s=self._t)
+            self._journal.append(record, t_s=self._t, digest=self._digest())
         except (OSError, JournalError, ValueError) as exc:
             self._journal = None
             self._enter_fault(f"cannot write the dose journal: {exc}")
+
+    def _digest(self) -> dict[str, Any]:
+        """What a rollback past this record must not lose, kept in the journal's high-water
+        mark: the device counter booked up to and the 24 h dose of each drug."""
+        t = self._t
+        return {
+            "c": self._baseline,
+            "w": {d: self._ledger.dose_24h_ug(t, d) for d in sorted(self._ledger.drugs_24h(t))},
+        }
 
     def _flush_bucket(self) -> None:
         bucket = self._ledger.close_bucket()
@@ -1688,6 +1723,28 @@ class TherapyEngine:
             self._accept_rollback(rollback)
         self._update_reservoir_alarms()
 
+    def _restore_digest(self, digest: Mapping[str, Any], mark_t: float) -> None:
+        """The lost records' dose, from the high-water mark: each drug's 24 h dose then, less
+        what the records kept hold of it, is booked as one bucket ending at the mark (it
+        leaves the window no earlier than it really does), and the device counter then
+        becomes the baseline (the volume to it is in that dose; it moves the line, with
+        the fluid last known, without being booked again)."""
+        for drug, window_ug in sorted(dict(digest.get("w") or {}).items()):
+            missing = float(window_ug) - self._ledger.dose_24h_ug(mark_t, drug)
+            if missing > 0.0:
+                self._ledger.add(mark_t, DoseSource.UNRECORDED, 0.0, missing, {drug: missing})
+        counter = digest.get("c")
+        if counter is None:
+            return
+        counter = float(counter)
+        moved = counter - self._baseline if self._baseline is not None else 0.0
+        if moved > 0.0 and self._line is not None:
+            self._line.push(moved, self._res_conc, self._res_drug)
+            self._device_total += moved
+            self._res_volume = max(0.0, self._res_volume - moved)
+        if self._baseline is None or moved >= 0.0:
+            self._baseline, self._baseline_t = counter, mark_t
+
     def _accept_rollback(self, record: Mapping[str, Any]) -> None:
         """The operator accepted a journal that lost its last records: what they held (grants,
         program changes, refills) is unknown, so therapy waits for the operator to check the
@@ -1695,8 +1752,13 @@ class TherapyEngine:
         left the 24 h window. Delivery itself is not lost: the device counter since the last
         record kept is booked at its next report."""
         lost = int(record["mark_n"]) - int(record["last_n"])
-        self._bolus_hold_until_s = float(record["mark_t"]) + SECONDS_PER_DAY
-        self._unsure_line = [False, self._device_total]
+        mark_t = float(record["mark_t"])
+        self._bolus_hold_until_s = mark_t + SECONDS_PER_DAY
+        # Nothing known of the line (every record lost): no dosing until it is flushed.
+        self._unsure_line = [False, self._device_total, not self._filled]
+        digest = record.get("mark_d")
+        if isinstance(digest, Mapping):
+            self._restore_digest(digest, mark_t)
         self._run = False
         self._bolus = None
         self._why = (

@@ -1191,6 +1191,20 @@ class _Harness:
         left = device.reservoir_left_ul()
         program = self.accepted.get(truth.drug)
         prime = False
+
+        def enter_program() -> bool:
+            assert program is not None
+            real, _twin = self._both_try(
+                lambda e: e.set_program(
+                    now, program, override_titration=True, override_reason=_REENTRY_REASON
+                )
+            )
+            if not real:
+                self._accepted_program(program)
+            return not real
+
+        # Every record lost: the program first (a refill needs one), then the flush below.
+        reentered = program is not None and engine.program is None and enter_program()
         if left > 1.0:
             refill = Refill(
                 self.t, left, truth.drug, truth.concentration_ug_per_ml, report_withdrawn=False
@@ -1206,16 +1220,8 @@ class _Harness:
                 snap.reservoir_volume_ul - left
             ) > max(1.0, 0.01 * left):
                 self._refill(refill, operator=True)
-        reentered = False
-        if program is not None:
-            real, _twin = self._both_try(
-                lambda e: e.set_program(
-                    now, program, override_titration=True, override_reason=_REENTRY_REASON
-                )
-            )
-            reentered = not real
-            if reentered:
-                self._accepted_program(program)
+        if program is not None and not reentered:
+            reentered = enter_program()
         if not reentered:
             # The lost prescription could not be re-entered (it was written for another
             # fluid): the operator goes on with the one the journal kept, and so does the
