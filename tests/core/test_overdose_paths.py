@@ -536,6 +536,27 @@ def test_8_a_refill_to_a_weaker_fluid_books_the_unreported_volume_at_the_old_one
     assert booked_ug - true_ug <= 0.32 * 1.5, (booked_ug, true_ug)
 
 
+def test_8_a_stopped_pump_still_books_its_first_volume_after_a_weaker_refill_as_the_old() -> None:
+    """A confirmed stop does not mean all is booked: the plunger may stand part way through a
+    step its counter shows only later. So the first volume booked after a refill to a weaker
+    fluid enters the line at the old concentration, stopped pump or not."""
+    engine = _baclofen_at_2000()
+    t = T0 + 10 * HOUR
+    engine.suspend(t)
+    engine.command(t)
+    engine.on_device_volume(t + 1.0, 187.5, command_applied=True)
+    assert engine.snapshot(t + 1.0).device_stopped
+    engine.refill(t + 1.0, volume_ul=15000.0, drug="baclofen", concentration_ug_per_ml=500.0)
+    engine.resume(t + 2.0)
+    engine.command(t + 2.0)
+    engine.on_device_volume(t + HOUR, 187.5 + 18.75, command_applied=True)
+    engine.on_device_volume(t + 30 * HOUR, 700.0)
+    at_old_ul = 200.0 + 187.5 + 18.75  # the line, what was booked before, the first delta
+    expected_ug = (at_old_ul * 2000.0 + (700.0 - at_old_ul) * 500.0) / 1000.0
+    booked_ug = engine.snapshot(t + 30 * HOUR).delivered_dose_total_ug
+    assert booked_ug == pytest.approx(expected_ug)
+
+
 @pytest.mark.parametrize("change", ["drug", "flush"])
 def test_8_a_drug_change_or_a_flush_waits_for_the_confirmed_stop(change: str) -> None:
     """Until the device confirms its stop, what it pushed since its last report is unbooked:

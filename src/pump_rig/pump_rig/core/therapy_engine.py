@@ -342,9 +342,9 @@ class TherapyEngine:
         self._prescribed_by_day: dict[int, float] = {}
         self._overrides: list[tuple[float, str]] = []
         self._issued: _Issued | None = None
-        # (time, µg/mL): a refill to a weaker fluid while the device ran; the next delta that
-        # began before it enters the line at this concentration (see refill).
-        self._unbooked_fill: tuple[float, float] | None = None
+        # µg/mL: after a refill to a weaker fluid, the next volume booked enters the line at
+        # this (the old) concentration (see refill).
+        self._unbooked_fill: float | None = None
         # After an accepted journal rollback: what entered the line since the last record kept
         # is of unknown fluid (a lost refill) until it has left; [booked?, device total then].
         self._unsure_line: list[Any] | None = None
@@ -691,14 +691,15 @@ class TherapyEngine:
         if bridge and changes_drug:
             self._bridge_program = self._program
         if (
-            not self._device_stopped()
+            not changes_drug
             and self._baseline is not None
             and self._res_conc > concentration_ug_per_ml
         ):
-            # The device may have pushed the old, stronger fluid since its last report; that
-            # volume is only reported later. It enters the line at the old concentration (an
-            # upper bound: part of it may be the new fluid), never the weaker new one.
-            self._unbooked_fill = (t_s, max(self._res_conc, self._unbooked_conc(t_s)))
+            # The device may have pushed the old, stronger fluid since its last report, and
+            # even a stopped one may stand part way through a step its counter does not show
+            # yet; that volume is reported later. It enters the line at the old concentration
+            # (an upper bound: part of it may be the new fluid), never the weaker new one.
+            self._unbooked_fill = max(self._res_conc, self._unbooked_fill or 0.0)
         self._fill(new_drug.name, concentration_ug_per_ml, volume_ul)
         if changes_drug:
             self._program, self._drug = None, None
@@ -770,10 +771,10 @@ class TherapyEngine:
             self._record("baseline")
             return
         delta = delivered_volume_ul - baseline
-        entering = self._unbooked_conc(since)
-        self._unbooked_fill = None  # this report covers the time up to now
+        entering = self._unbooked_fill or 0.0
         unsure = self._unsure_line
         if delta > 0.0:
+            self._unbooked_fill = None  # what the device pushed before the refill is in this
             booked: list[float] = [baseline]
             parts = self._split_at_midnights(since, t_s, delta)
             for k, (t_end, part_ul) in enumerate(parts):
@@ -1544,7 +1545,7 @@ class TherapyEngine:
             "open": open_bucket.to_record() if open_bucket is not None else None,
             "issued": self._issued.to_record() if self._issued is not None else None,
             "force": self._force_record(),
-            "unb": list(self._unbooked_fill) if self._unbooked_fill is not None else None,
+            "unb": self._unbooked_fill,
             "unsure": list(self._unsure_line) if self._unsure_line is not None else None,
             "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
             "hold": self._bolus_hold_until_s,
@@ -1579,12 +1580,6 @@ class TherapyEngine:
         """Every journal record was lost: the line's content is not known at all."""
         unsure = self._unsure_line
         return unsure is not None and len(unsure) > 2 and bool(unsure[2])
-
-    def _unbooked_conc(self, since_s: float) -> float:
-        """The concentration unbooked volume delivered after ``since_s`` may have (0: none
-        above the reservoir's)."""
-        pending = self._unbooked_fill
-        return pending[1] if pending is not None and since_s < pending[0] else 0.0
 
     def _force_record(self) -> dict[str, Any] | str | None:
         force = self._in_force
@@ -1624,7 +1619,7 @@ class TherapyEngine:
             else None
         )
         unbooked = s.get("unb")
-        self._unbooked_fill = (float(unbooked[0]), float(unbooked[1])) if unbooked else None
+        self._unbooked_fill = float(unbooked) if unbooked else None
         force = s.get("force", _SAME_AS_ISSUED)  # older records: the issued one, if applied
         if force == _SAME_AS_ISSUED:
             applied = self._issued is not None and self._issued.applied_ul is not None
