@@ -450,7 +450,15 @@ def test_random_therapy_keeps_limits_and_restarts_exactly(
 ) -> None:
     rnd = random.Random(seed)  # step lengths (drawing each from hypothesis would be too much)
     dead_volume, primed = line
-    config = EngineConfig(line_dead_volume_ul=dead_volume, line_primed=primed, bucket_s=bucket_s)
+    # The rig's device moves continuously and reports exactly: its resolution is nil (the
+    # engine books one step after a weaker refill at the old concentration, for a stepping
+    # device's counter lag, which this mirror does not have).
+    config = EngineConfig(
+        line_dead_volume_ul=dead_volume,
+        line_primed=primed,
+        bucket_s=bucket_s,
+        device_resolution_ul=1e-12,
+    )
     with journal_dir() as tmp:
         sim: Sim | None = None
 

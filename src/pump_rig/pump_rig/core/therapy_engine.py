@@ -209,6 +209,9 @@ class EngineSnapshot:
     # The device confirmed it runs a stop and no other command is on its way: what it
     # delivered is all booked (a change of drug or a flush waits for this).
     device_stopped: bool = False
+    # After a journal rollback the line's content is unknown: nothing is dosed until a
+    # refill with flush.
+    line_unknown: bool = False
 
 
 @dataclass
@@ -342,9 +345,9 @@ class TherapyEngine:
         self._prescribed_by_day: dict[int, float] = {}
         self._overrides: list[tuple[float, str]] = []
         self._issued: _Issued | None = None
-        # µg/mL: after a refill to a weaker fluid, the next volume booked enters the line at
-        # this (the old) concentration (see refill).
-        self._unbooked_fill: float | None = None
+        # (time, µg/mL): a refill to a weaker fluid; what the device pushed before it, booked
+        # later, enters the line at this (the old) concentration (see refill).
+        self._unbooked_fill: tuple[float, float] | None = None
         # After an accepted journal rollback: what entered the line since the last record kept
         # is of unknown fluid (a lost refill) until it has left; [booked?, device total then].
         self._unsure_line: list[Any] | None = None
@@ -699,7 +702,8 @@ class TherapyEngine:
             # even a stopped one may stand part way through a step its counter does not show
             # yet; that volume is reported later. It enters the line at the old concentration
             # (an upper bound: part of it may be the new fluid), never the weaker new one.
-            self._unbooked_fill = max(self._res_conc, self._unbooked_fill or 0.0)
+            older = self._unbooked_fill[1] if self._unbooked_fill is not None else 0.0
+            self._unbooked_fill = (t_s, max(self._res_conc, older))
         self._fill(new_drug.name, concentration_ug_per_ml, volume_ul)
         if changes_drug:
             self._program, self._drug = None, None
@@ -771,10 +775,18 @@ class TherapyEngine:
             self._record("baseline")
             return
         delta = delivered_volume_ul - baseline
-        entering = self._unbooked_fill or 0.0
         unsure = self._unsure_line
         if delta > 0.0:
-            self._unbooked_fill = None  # what the device pushed before the refill is in this
+            # After a refill to a weaker fluid: a report that spans it is all old fluid (at
+            # most); one made after it still lacks the part of a step the plunger had made.
+            old_ul, old_conc = 0.0, 0.0
+            if self._unbooked_fill is not None:
+                refill_t, old_conc = self._unbooked_fill
+                # (Not during a bridge: its tail step would keep the bridge going, and passing
+                # it at the new strength is within the step a device may pass a limit by.)
+                step = 0.0 if self._bridge else min(delta, self.resolution_ul)
+                old_ul = delta if since < refill_t else step
+                self._unbooked_fill = None
             booked: list[float] = [baseline]
             parts = self._split_at_midnights(since, t_s, delta)
             for k, (t_end, part_ul) in enumerate(parts):
@@ -782,7 +794,9 @@ class TherapyEngine:
                     self._flush_bucket()
                 booked.append(part_ul)
                 counter = delivered_volume_ul if k == len(parts) - 1 else math.fsum(booked)
-                self._deliver(t_end, part_ul, counter, entering)
+                old_part = min(part_ul, old_ul)
+                old_ul -= old_part
+                self._deliver(t_end, part_ul, counter, old_part, old_conc)
         else:
             self._baseline_t = t_s
         if unsure is not None and not unsure[0]:
@@ -901,6 +915,7 @@ class TherapyEngine:
             next_refill_s=when,
             next_change_s=self._next_change(t_s),
             device_stopped=self._device_stopped(),
+            line_unknown=self._line_unknown(),
             active_bolus=self._bolus_text(),
             detail=self._detail(),
         )
@@ -1094,12 +1109,18 @@ class TherapyEngine:
         return parts
 
     def _deliver(
-        self, t_s: float, volume_ul: float, counter_ul: float, entering_conc: float = 0.0
+        self,
+        t_s: float,
+        volume_ul: float,
+        counter_ul: float,
+        old_ul: float = 0.0,
+        old_conc: float = 0.0,
     ) -> None:
         """Book ``volume_ul`` delivered up to ``t_s``; the device counter then read
         ``counter_ul``. The baseline moves with the booking, before anything is journaled,
         so every record's state counts each µL exactly once. The volume enters the line at
-        the reservoir's concentration, or ``entering_conc`` if that is higher."""
+        the reservoir's concentration, its first ``old_ul`` at ``old_conc`` (a weaker refill's
+        old fluid)."""
         line = self._line
         self._baseline, self._baseline_t = counter_ul, t_s
         if line is None:
@@ -1125,15 +1146,20 @@ class TherapyEngine:
             bolus.delivered_ul += part
         else:
             shares[self._basal_source()] = volume_ul
-        outflow = line.push(volume_ul, max(self._res_conc, entering_conc), self._res_drug)
-        by_drug = outflow.dose_by_drug_ug()
+        pushes = [(old_ul, max(old_conc, self._res_conc)), (volume_ul - old_ul, self._res_conc)]
+        outflows = [line.push(v, c, self._res_drug) for v, c in pushes if v > 0.0]
+        by_drug: dict[str, float] = {}
+        for outflow in outflows:
+            for drug, dose in outflow.dose_by_drug_ug().items():
+                by_drug[drug] = by_drug.get(drug, 0.0) + dose
+        dose_ug = math.fsum(o.dose_ug for o in outflows)
         for source, vol in shares.items():
             share = vol / volume_ul
             self._ledger.add(
                 t_s,
                 source,
                 vol,
-                outflow.dose_ug * share,
+                dose_ug * share,
                 {drug: dose * share for drug, dose in by_drug.items()},
             )
         self._device_total += volume_ul
@@ -1545,7 +1571,7 @@ class TherapyEngine:
             "open": open_bucket.to_record() if open_bucket is not None else None,
             "issued": self._issued.to_record() if self._issued is not None else None,
             "force": self._force_record(),
-            "unb": self._unbooked_fill,
+            "unb": list(self._unbooked_fill) if self._unbooked_fill is not None else None,
             "unsure": list(self._unsure_line) if self._unsure_line is not None else None,
             "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
             "hold": self._bolus_hold_until_s,
@@ -1619,7 +1645,7 @@ class TherapyEngine:
             else None
         )
         unbooked = s.get("unb")
-        self._unbooked_fill = float(unbooked) if unbooked else None
+        self._unbooked_fill = (float(unbooked[0]), float(unbooked[1])) if unbooked else None
         force = s.get("force", _SAME_AS_ISSUED)  # older records: the issued one, if applied
         if force == _SAME_AS_ISSUED:
             applied = self._issued is not None and self._issued.applied_ul is not None
@@ -1665,7 +1691,20 @@ class TherapyEngine:
         return {
             "c": self._baseline,
             "w": {d: self._ledger.dose_24h_ug(t, d) for d in sorted(self._ledger.drugs_24h(t))},
+            "l": self._strongest_fluids(),
         }
+
+    def _strongest_fluids(self) -> dict[str, float]:
+        """Per drug, the highest concentration in the line or the reservoir."""
+        strongest: dict[str, float] = {}
+        line = self._line
+        fluids = [(g.drug, g.concentration_ug_per_ml) for g in line.segments] if line else []
+        if self._filled:
+            fluids.append((self._res_drug, self._res_conc))
+        for drug, conc in fluids:
+            if drug and conc > strongest.get(drug, 0.0):
+                strongest[drug] = conc
+        return strongest
 
     def _flush_bucket(self) -> None:
         bucket = self._ledger.close_bucket()
@@ -1728,6 +1767,12 @@ class TherapyEngine:
             missing = float(window_ug) - self._ledger.dose_24h_ug(mark_t, drug)
             if missing > 0.0:
                 self._ledger.add(mark_t, DoseSource.UNRECORDED, 0.0, missing, {drug: missing})
+        known = self._strongest_fluids()
+        for drug, conc in dict(digest.get("l") or {}).items():
+            if float(conc) > known.get(drug, 0.0) * (1.0 + _REL_EPS) and self._unsure_line:
+                # A lost refill put in a fluid the records kept do not know (another drug or
+                # a stronger one): what the line holds is unknown until it is flushed.
+                self._unsure_line[2] = True
         counter = digest.get("c")
         if counter is None:
             return

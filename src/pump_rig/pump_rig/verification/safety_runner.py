@@ -1209,10 +1209,13 @@ class _Harness:
             refill = Refill(
                 self.t, left, truth.drug, truth.concentration_ug_per_ml, report_withdrawn=False
             )
-            # Another drug, or a stronger fluid than the journal kept: what entered the line
-            # in the lost time is unknown, so the line is flushed and primed.
-            if snap.drug != truth.drug or (
-                truth.concentration_ug_per_ml > snap.concentration_ug_per_ml
+            # Another drug, or a stronger fluid than the journal kept, or the engine says the
+            # line is unknown: what entered it in the lost time is unknown, so it is flushed
+            # and primed.
+            if (
+                snap.drug != truth.drug
+                or truth.concentration_ug_per_ml > snap.concentration_ug_per_ml
+                or snap.line_unknown
             ):
                 self._both(lambda e: e.suspend(now, "journal rollback re-entry"))
                 prime = self._refill(replace(refill, flush=True), operator=True)
