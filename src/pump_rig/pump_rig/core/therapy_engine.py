@@ -302,6 +302,22 @@ class _Issued:
         )
 
 
+@dataclass
+class _UnsureLine:
+    """After an accepted journal rollback: what entered the line in the lost time is of an
+    unknown fluid (a lost refill)."""
+
+    ends_at_ul: float | None = None  # device total where that volume ends (its first report)
+    unknown: bool = False  # nothing of the line is known: no dosing until it is flushed
+
+    def to_record(self) -> list[Any]:
+        return [self.ends_at_ul, self.unknown]
+
+    @classmethod
+    def from_record(cls, r: list[Any]) -> _UnsureLine:
+        return cls(None if r[0] is None else float(r[0]), bool(r[1]))
+
+
 class TherapyEngine:
     """Build with :meth:`open` (journaled) or directly (in memory, for tests and tools)."""
 
@@ -348,9 +364,8 @@ class TherapyEngine:
         # (time, µg/mL): a refill to a weaker fluid; what the device pushed before it, booked
         # later, enters the line at this (the old) concentration (see refill).
         self._unbooked_fill: tuple[float, float] | None = None
-        # After an accepted journal rollback: what entered the line since the last record kept
-        # is of unknown fluid (a lost refill) until it has left; [booked?, device total then].
-        self._unsure_line: list[Any] | None = None
+        # After an accepted journal rollback, until the unknown fluid has left the line.
+        self._unsure_line: _UnsureLine | None = None
         # The command the device last confirmed running: until a newer one takes effect the
         # device keeps delivering this one's rates, so its bolus share is credited by it.
         self._in_force: _Issued | None = None
@@ -799,8 +814,8 @@ class TherapyEngine:
                 self._deliver(t_end, part_ul, counter, old_part, old_conc)
         else:
             self._baseline_t = t_s
-        if unsure is not None and not unsure[0]:
-            unsure[0], unsure[1] = True, self._device_total  # the unknown fluid ends here
+        if unsure is not None and unsure.ends_at_ul is None:
+            unsure.ends_at_ul = self._device_total  # the unknown fluid ends here
         # Also on an unchanged counter: a device that delivers nothing is the worst shortfall.
         self._check_under_delivery(t_s)
         if self._ledger.bucket_due(t_s):
@@ -991,8 +1006,8 @@ class TherapyEngine:
                     PumpAction.STOP,
                     0.0,
                     0.0,
-                    "the dose journal lost every record: the line's content is unknown; "
-                    "refill with flush (and prime) to dose",
+                    "the dose journal lost the records of what is in the line: its content is "
+                    "unknown; refill with flush (and prime) to dose",
                 ),
                 0.0,
                 0.0,
@@ -1572,7 +1587,7 @@ class TherapyEngine:
             "issued": self._issued.to_record() if self._issued is not None else None,
             "force": self._force_record(),
             "unb": list(self._unbooked_fill) if self._unbooked_fill is not None else None,
-            "unsure": list(self._unsure_line) if self._unsure_line is not None else None,
+            "unsure": self._unsure_line.to_record() if self._unsure_line is not None else None,
             "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
             "hold": self._bolus_hold_until_s,
         }
@@ -1592,20 +1607,19 @@ class TherapyEngine:
         unsure = self._unsure_line
         if unsure is None:
             return False
-        whole = len(unsure) > 2 and bool(unsure[2])
-        if (
-            not whole
-            and unsure[0]
-            and self._device_total - unsure[1] >= self.config.line_dead_volume_ul
-        ):
-            self._unsure_line = None  # pushed out of the line
+        end = unsure.ends_at_ul
+        pushed_out = end is not None and (
+            self._device_total - end >= self.config.line_dead_volume_ul
+        )
+        if pushed_out and not unsure.unknown:
+            self._unsure_line = None
             return False
         return True
 
     def _line_unknown(self) -> bool:
-        """Every journal record was lost: the line's content is not known at all."""
-        unsure = self._unsure_line
-        return unsure is not None and len(unsure) > 2 and bool(unsure[2])
+        """After a rollback that lost every record, or a refill the kept records do not know:
+        the line's content is not known at all."""
+        return self._unsure_line is not None and self._unsure_line.unknown
 
     def _force_record(self) -> dict[str, Any] | str | None:
         force = self._in_force
@@ -1639,11 +1653,7 @@ class TherapyEngine:
         issued = s.get("issued")
         self._issued = _Issued.from_record(issued) if issued else None
         unsure = s.get("unsure")
-        self._unsure_line = (
-            [bool(unsure[0]), float(unsure[1]), bool(unsure[2]) if len(unsure) > 2 else False]
-            if unsure
-            else None
-        )
+        self._unsure_line = _UnsureLine.from_record(unsure) if unsure else None
         unbooked = s.get("unb")
         self._unbooked_fill = (float(unbooked[0]), float(unbooked[1])) if unbooked else None
         force = s.get("force", _SAME_AS_ISSUED)  # older records: the issued one, if applied
@@ -1772,7 +1782,7 @@ class TherapyEngine:
             if float(conc) > known.get(drug, 0.0) * (1.0 + _REL_EPS) and self._unsure_line:
                 # A lost refill put in a fluid the records kept do not know (another drug or
                 # a stronger one): what the line holds is unknown until it is flushed.
-                self._unsure_line[2] = True
+                self._unsure_line.unknown = True
         counter = digest.get("c")
         if counter is None:
             return
@@ -1795,7 +1805,7 @@ class TherapyEngine:
         mark_t = float(record["mark_t"])
         self._bolus_hold_until_s = mark_t + SECONDS_PER_DAY
         # Nothing known of the line (every record lost): no dosing until it is flushed.
-        self._unsure_line = [False, self._device_total, not self._filled]
+        self._unsure_line = _UnsureLine(unknown=not self._filled)
         digest = record.get("mark_d")
         if isinstance(digest, Mapping):
             self._restore_digest(digest, mark_t)
