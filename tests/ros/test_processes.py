@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from pump_rig_interfaces.msg import DoseStatus, PumpState
 
 from pump_rig.core.bag_report import read_report
@@ -25,6 +26,7 @@ EXECUTABLES = [
     "telemetry_recorder",
 ]
 SPEED = 60.0
+RECORDED = ("pump/command", "pump/state", "pressure", "occlusion", "dose")
 
 
 def _executable(name: str) -> str:
@@ -74,6 +76,19 @@ def exited_cleanly(name: str, proc: subprocess.Popen[bytes], bag: Path) -> None:
     assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{logs(bag)}"
 
 
+def recorder_counts(diagnostics: list[DiagnosticArray]) -> dict[str, int]:
+    """Messages per topic in the recorder's open bag, from its latest diagnostics."""
+    for array in reversed(diagnostics):
+        for status in array.status:
+            if status.name.endswith(": recording"):
+                return {
+                    kv.key.removeprefix("messages "): int(kv.value)
+                    for kv in status.values
+                    if kv.key.startswith("messages ")
+                }
+    return {}
+
+
 def logs(bag: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(bag.parent.glob("*.log")))
 
@@ -85,6 +100,8 @@ def test_separate_processes_run_therapy_and_record_every_topic(
     states = probe.watch("pump/state")
     dose = probe.watch("dose")
     pressure = probe.watch("pressure")
+    diagnostics: list[DiagnosticArray] = []
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 100)
     try:
         probe.wait_for(
             lambda: (s := last(states)) is not None and s.state == PumpState.RUNNING,
@@ -105,6 +122,14 @@ def test_separate_processes_run_therapy_and_record_every_topic(
         what="delivered volume growing",
     )
     probe.wait_for(lambda: len(pressure) >= 5, what="pressure samples")
+    # The recorder is started last and subscribes as it discovers each topic: stopping the
+    # rig before it has written a message of every topic would test the race, not the rig.
+    # Its diagnostics say how many messages of each topic the open bag holds.
+    wanted = [f"{probe.namespace}/{topic}" for topic in RECORDED]
+    probe.wait_for(
+        lambda: all(recorder_counts(diagnostics).get(topic, 0) > 0 for topic in wanted),
+        what=f"the recorder writing {RECORDED}",
+    )
     for proc in procs:
         assert proc.poll() is None, logs(bag)
 
@@ -122,7 +147,7 @@ def test_separate_processes_run_therapy_and_record_every_topic(
 
     report = read_report(bag)
     recorded = {topic.removeprefix(probe.namespace + "/") for topic in report.topic_counts}
-    for topic in ("pump/command", "pump/state", "pressure", "occlusion", "dose"):
+    for topic in RECORDED:
         assert topic in recorded, f"{topic} missing from {sorted(recorded)}"
     # The recording ends after the probe saw 0.5 µL more than its first state.
     assert report.device_delivered_last_ul >= first.delivered_volume_ul + 0.5

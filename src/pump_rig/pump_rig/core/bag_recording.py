@@ -8,6 +8,7 @@ ROS 2 ``ros2 bag`` tools and any MCAP reader, without pump_rig installed.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,9 @@ class BagRecording:
             raise RecordingError(f"cannot open bag {path}: {exc}") from exc
         self._connections: dict[str, Connection] = {}
         self.message_count = 0
+        # Per topic, so a watcher (the recorder's diagnostics) can tell a topic that is
+        # subscribed but has delivered nothing yet from one that is being written.
+        self.topic_counts: Counter[str] = Counter()
         self.closed = False
 
     @property
@@ -120,6 +124,7 @@ class BagRecording:
             return
         self._writer.write(self._connections[topic], timestamp_ns, cdr)
         self.message_count += 1
+        self.topic_counts[topic] += 1
 
     def close(self) -> None:
         if not self.closed:

@@ -208,6 +208,11 @@ class TelemetryRecorder(Node):
             values=[
                 KeyValue(key="messages", value=str(self.message_count)),
                 KeyValue(key="topics", value=",".join(sorted(self._subscribed))),
+                *(
+                    KeyValue(key=f"messages {topic}", value=str(self._bag.topic_counts[topic]))
+                    for topic in sorted(self._subscribed)
+                    if self._bag is not None
+                ),
             ],
         )
         msg = DiagnosticArray(status=[status])
