@@ -177,6 +177,24 @@ def test_window_oracle_allows_one_device_step_and_not_more() -> None:
         assert report.within_slack == (0 if excess else 1)
 
 
+def test_window_oracle_puts_a_limit_change_a_rounding_error_after_a_start_at_the_start() -> None:
+    # 60 µg of fentanyl, then a 40 µg limit (delivery stops), then at 40,000 s a program raises
+    # it to 1000 µg and delivery starts with it; interpolating along the line puts that start at
+    # 39,999.999999999 s. The piece is delivered under the new limit (seed 7273 of the 40-min
+    # bench was reported as 1.74 × 39.68 µg this way), and a lowered one binds the whole piece.
+    start = 40000.0 - 1e-9
+    for later_limit, excess in ((1000.0, False), (40.0, True)):
+        limits = LimitSchedule({"fentanyl": 1000.0})
+        limits.set("fentanyl", 36000.0, 40.0)
+        limits.set("fentanyl", 40000.0, later_limit)
+        oracle = WindowOracle(0.001)
+        oracle.add_dose("fentanyl", 0.0, 36000.0, 60.0, 10000.0, 0)
+        oracle.add_dose("fentanyl", start, 43600.0, 10.0, 10000.0, 0)
+        report = oracle.report(limits)
+        assert bool(report.excesses) is excess
+        assert report.max_fraction == pytest.approx(70.0 / later_limit)
+
+
 def test_window_oracle_counts_each_drug_against_its_own_limit() -> None:
     oracle = WindowOracle(0.001)
     oracle.add_dose("baclofen", 0.0, 3600.0, 90.0, 500.0, 0)

@@ -518,16 +518,21 @@ class WindowOracle:
             k0 = bisect.bisect_right(breaks, a - DAY_S)
             k1 = bisect.bisect_left(breaks, b - DAY_S)
             shifted = (x + DAY_S for x in breaks[k0:k1])
-            # A limit change a rounding error before the end of a piece is at its end: the
-            # piece was delivered under the old one (their times come from different sums).
-            changes = [c for c in limits.changes(drug, a, b) if c < b - _TIME_EPS_S]
+            # A limit change a rounding error before the end of a piece is at its end (the
+            # piece was delivered under the old one), one a rounding error after its start is
+            # at its start (under the new one): their times come from different sums, a
+            # piece's start from interpolating along the line.
+            changes = [
+                c for c in limits.changes(drug, a, b) if a + _TIME_EPS_S < c < b - _TIME_EPS_S
+            ]
             times = sorted({a, b, *shifted, *changes})
             slack = self.slack_steps * self.resolution_ul * d.conc[i] / UL_PER_ML
             windows = [cum.window(t) for t in times]
             first: tuple[float, float, float] | None = None
             peak, within = 0.0, False
             for j in range(len(times) - 1):
-                limit = limits.at(drug, 0.5 * (times[j] + times[j + 1]))
+                middle = 0.5 * (times[j] + times[j + 1])
+                limit = limits.at(drug, min(max(middle, a + _TIME_EPS_S), b - _TIME_EPS_S))
                 over = limit * (1.0 + self.rel_tol) + slack
                 for t, w in ((times[j], windows[j]), (times[j + 1], windows[j + 1])):
                     fraction = w / limit
