@@ -656,3 +656,39 @@ def test_8_a_rollback_past_every_record_keeps_the_24h_dose_from_the_high_water_m
         # the flushed line's 200 µL of saline (one device step short).
         assert counter - 403.0 == pytest.approx(297.0, abs=0.2)
         restored.close()
+
+
+def test_8_volume_pushed_before_a_rollback_is_accepted_counts_as_the_strongest_fluid() -> None:
+    """Every record lost, the operator accepts the rollback, and the device's first report
+    carries volume it pushed after the last record was written, before any program or fill
+    is re-entered. Nothing kept says what it was, so it is booked as the strongest fluid the
+    high-water mark knew, never as nothing (seed 4860 of the 40-min bench booked 0.72 µL of
+    fentanyl at 563 µg/mL as no drug and ended 0.2 µg over its maximum)."""
+    with journal_dir() as directory:
+        path = directory / "dose.journal"
+        engine = TherapyEngine.open(
+            t_s=T0,
+            library=LIBRARY,
+            journal_path=path,
+            initial_program=program("baclofen", 500.0, 240.0, max_daily=250.0),
+        )
+        engine.on_device_volume(T0, 0.0)
+        engine.command(T0)
+        for k in range(1, 21):  # 20 h at 20 µL/h: 400 µL, 200 µg
+            engine.on_device_volume(T0 + k * HOUR, 20.0 * k)
+            engine.command(T0 + k * HOUR)
+        engine.close()
+        header = path.read_bytes().splitlines(keepends=True)[0]
+        path.write_bytes(header)  # every record lost
+        t = T0 + 20 * HOUR + 600
+        restored = TherapyEngine.open(
+            t_s=t, library=LIBRARY, journal_path=path, confirm_rollback="restored an old copy"
+        )
+        restored.on_device_volume(t + 1, 403.0)  # 3 µL since the mark, before any re-entry
+        assert restored.snapshot(t + 1).delivered_dose_24h_ug == pytest.approx(201.5)
+        # A crash now (no close): the reopened engine counts from the journaled counter
+        # and books the same 3 µL the same way at the device's next report.
+        reopened = TherapyEngine.open(t_s=t + 2, library=LIBRARY, journal_path=path)
+        reopened.on_device_volume(t + 2, 403.0)
+        assert reopened.snapshot(t + 2).delivered_dose_24h_ug == pytest.approx(201.5)
+        reopened.close()

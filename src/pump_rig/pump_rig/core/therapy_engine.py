@@ -309,13 +309,18 @@ class _UnsureLine:
 
     ends_at_ul: float | None = None  # device total where that volume ends (its first report)
     unknown: bool = False  # nothing of the line is known: no dosing until it is flushed
+    # Per drug, the strongest fluid the line or the reservoir held when the last record was
+    # written (the high-water mark) or the kept records know: while the line is unknown,
+    # what leaves it is booked as each of these (it may be any of them).
+    strongest_ug_per_ml: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> list[Any]:
-        return [self.ends_at_ul, self.unknown]
+        return [self.ends_at_ul, self.unknown, self.strongest_ug_per_ml]
 
     @classmethod
     def from_record(cls, r: list[Any]) -> _UnsureLine:
-        return cls(None if r[0] is None else float(r[0]), bool(r[1]))
+        strongest = {str(d): float(c) for d, c in dict(r[2]).items()} if len(r) > 2 else {}
+        return cls(None if r[0] is None else float(r[0]), bool(r[1]), strongest)
 
 
 class TherapyEngine:
@@ -1138,6 +1143,23 @@ class TherapyEngine:
         old fluid)."""
         line = self._line
         self._baseline, self._baseline_t = counter_ul, t_s
+        unsure = self._unsure_line
+        if unsure is not None and unsure.unknown and unsure.strongest_ug_per_ml:
+            # After a rollback the line's content is unknown (no dosing is commanded), yet the
+            # device may have pushed volume since the last record: it is booked as the
+            # strongest fluid of each drug it may have been, never as nothing.
+            by_drug = {
+                drug: volume_ul * conc / _UL_PER_ML
+                for drug, conc in sorted(unsure.strongest_ug_per_ml.items())
+            }
+            if line is not None:
+                line.push(volume_ul, self._res_conc, self._res_drug)
+            self._device_total += volume_ul
+            self._res_volume = max(0.0, self._res_volume - volume_ul)
+            self._ledger.add(
+                t_s, DoseSource.UNRECORDED, volume_ul, math.fsum(by_drug.values()), by_drug
+            )
+            return
         if line is None:
             # Volume with no fill known (no program ever): volume only, no drug.
             self._device_total += volume_ul
@@ -1778,11 +1800,15 @@ class TherapyEngine:
             if missing > 0.0:
                 self._ledger.add(mark_t, DoseSource.UNRECORDED, 0.0, missing, {drug: missing})
         known = self._strongest_fluids()
+        strongest = dict(known)
         for drug, conc in dict(digest.get("l") or {}).items():
+            strongest[drug] = max(strongest.get(drug, 0.0), float(conc))
             if float(conc) > known.get(drug, 0.0) * (1.0 + _REL_EPS) and self._unsure_line:
                 # A lost refill put in a fluid the records kept do not know (another drug or
                 # a stronger one): what the line holds is unknown until it is flushed.
                 self._unsure_line.unknown = True
+        if self._unsure_line is not None:
+            self._unsure_line.strongest_ug_per_ml = strongest
         counter = digest.get("c")
         if counter is None:
             return
