@@ -1148,7 +1148,7 @@ class TherapyEngine:
             # After a rollback the line's content is unknown (no dosing is commanded), yet the
             # device may have pushed volume since the last record: it is booked as the
             # strongest fluid of each drug it may have been, never as nothing.
-            by_drug = {
+            as_strongest = {
                 drug: volume_ul * conc / _UL_PER_ML
                 for drug, conc in sorted(unsure.strongest_ug_per_ml.items())
             }
@@ -1157,7 +1157,11 @@ class TherapyEngine:
             self._device_total += volume_ul
             self._res_volume = max(0.0, self._res_volume - volume_ul)
             self._ledger.add(
-                t_s, DoseSource.UNRECORDED, volume_ul, math.fsum(by_drug.values()), by_drug
+                t_s,
+                DoseSource.UNRECORDED,
+                volume_ul,
+                math.fsum(as_strongest.values()),
+                as_strongest,
             )
             return
         if line is None:
