@@ -532,8 +532,10 @@ def test_8_a_refill_to_a_weaker_fluid_books_the_unreported_volume_at_the_old_one
     true_ug = (old_ul * 2000.0 + (700.0 - old_ul) * 500.0) / 1000.0
     booked_ug = engine.snapshot(T0 + 40 * HOUR).delivered_dose_total_ug
     assert booked_ug >= true_ug - 1e-9, (booked_ug, true_ug)
-    # Over-stated by no more than the report that spans the refill (0.31 µL, 1.5 µg/µL more).
-    assert booked_ug - true_ug <= 0.32 * 1.5, (booked_ug, true_ug)
+    # Over-stated by no more than the report that spans the refill (0.31 µL) and the first
+    # device step after it (the part of a step the counter may not have shown), 1.5 µg/µL more.
+    step_ul = engine.resolution_ul
+    assert booked_ug - true_ug <= (0.3125 + step_ul) * 1.5 + 1e-9, (booked_ug, true_ug)
 
 
 def test_8_a_stopped_pump_still_books_its_first_volume_after_a_weaker_refill_as_the_old() -> None:
@@ -556,6 +558,31 @@ def test_8_a_stopped_pump_still_books_its_first_volume_after_a_weaker_refill_as_
     expected_ug = (at_old_ul * 2000.0 + (700.0 - at_old_ul) * 500.0) / 1000.0
     booked_ug = engine.snapshot(t + 30 * HOUR).delivered_dose_total_ug
     assert booked_ug == pytest.approx(expected_ug)
+
+
+@pytest.mark.parametrize("bridge", [False, True])
+def test_8_after_a_weaker_refill_the_step_a_spanning_report_may_lack_is_old_fluid(
+    bridge: bool,
+) -> None:
+    """The device runs on through a refill to 500 µg/mL; its first report after it spans
+    the refill but its counter has not moved past the refill (the plunger stands part way
+    through a step, which is old fluid). So the first step of the next report is old fluid
+    too, with a bridge as without (seed 6375 of the 40-min bench booked it as new fluid during
+    a bridge and ended 0.08 µg over its maximum)."""
+    engine = _baclofen_at_2000()
+    refill_t = T0 + 10 * HOUR + 60.0
+    engine.refill(
+        refill_t, volume_ul=15000.0, drug="baclofen", concentration_ug_per_ml=500.0, bridge=bridge
+    )
+    engine.command(refill_t)
+    step_ul = engine.resolution_ul
+    counter = 187.5 + 0.3  # whole steps to the refill; then 0.07 µL of a step, old fluid
+    engine.on_device_volume(refill_t + 1.0, counter, command_applied=True)
+    engine.on_device_volume(refill_t + HOUR, counter + 10.0, command_applied=True)
+    engine.on_device_volume(T0 + 40 * HOUR, 800.0)  # the line and all of it out of the tip
+    at_old_ul = 200.0 + counter + step_ul  # the line, to the refill, the step in progress
+    lowest_ug = (at_old_ul * 2000.0 + (800.0 - at_old_ul) * 500.0) / 1000.0
+    assert engine.snapshot(T0 + 40 * HOUR).delivered_dose_total_ug >= lowest_ug - 1e-9
 
 
 @pytest.mark.parametrize("change", ["drug", "flush"])

@@ -798,15 +798,17 @@ class TherapyEngine:
         unsure = self._unsure_line
         if delta > 0.0:
             # After a refill to a weaker fluid: a report that spans it is all old fluid (at
-            # most); one made after it still lacks the part of a step the plunger had made.
+            # most); the next one still lacks the part of a step the plunger had made at the
+            # refill (a counter shows whole steps), so its first step is old fluid too.
             old_ul, old_conc = 0.0, 0.0
             if self._unbooked_fill is not None:
                 refill_t, old_conc = self._unbooked_fill
-                # (Not during a bridge: its tail step would keep the bridge going, and passing
-                # it at the new strength is within the step a device may pass a limit by.)
-                step = 0.0 if self._bridge else min(delta, self.resolution_ul)
-                old_ul = delta if since < refill_t else step
-                self._unbooked_fill = None
+                if since < refill_t:
+                    old_ul = delta
+                    self._unbooked_fill = (t_s, old_conc)
+                else:
+                    old_ul = min(delta, self.resolution_ul)
+                    self._unbooked_fill = None
             booked: list[float] = [baseline]
             parts = self._split_at_midnights(since, t_s, delta)
             for k, (t_end, part_ul) in enumerate(parts):
@@ -951,12 +953,13 @@ class TherapyEngine:
 
     def _bridge_run(self) -> Segment | None:
         """During a bridge, the run of fluid at the tip the rate follows. Runs no larger than
-        the pump's resolution are passed over: the pump cannot push them on their own."""
+        the pump's resolution (down to rounding) are passed over: the pump cannot push them
+        on their own, and a stop placed before the last step of one was booked would stand."""
         line = self._line
         if not self._bridge or line is None:
             return None
         for run in line.segments:
-            if run.volume_ul > self.resolution_ul:
+            if run.volume_ul > self.resolution_ul + _ROOM_EPS_UL:
                 return run if run.concentration_ug_per_ml > 0 else None
         return None
 
