@@ -36,14 +36,18 @@ from pump_rig.verification.safety_runner import (
     OVERDOSE,
     SequenceResult,
     format_scenario,
+    run_scenario,
     run_seed,
     shrink,
 )
 from pump_rig.verification.safety_scenarios import (
+    BolusSpec,
     ClearAlarms,
+    ClinicianBolus,
     MotorAlarm,
     PatientBolus,
     ProgramSpec,
+    Refill,
     Restart,
     Resume,
     Scenario,
@@ -387,3 +391,48 @@ def test_shrinker_cuts_a_planted_overdose_down_to_its_cause() -> None:
     assert 16 * 3600.0 < violation.t_s < 20 * 3600.0
     assert len(small.events) <= 1
     assert small.setup.days < 1.0  # cut after the violation
+
+
+# --- 4. what the 40-minute bench found, shrunk ---------------------------------------------------
+
+
+def test_a_resent_command_whose_absolute_stop_binds_is_no_restart_divergence() -> None:
+    """Seed 3659, shrunk: a clean restart re-sends the running capped command with what is
+    left of its volume limit, counted from the engine's last report (so a little less than
+    the twin's). Both commands carry the same absolute stop, which ends them both first: the
+    device stops at the same place, and that is no divergence."""
+    morphine = ProgramSpec(
+        name="p1",
+        drug="morphine",
+        daily_dose_ug=6200.0,
+        bolus=BolusSpec(dose_ug=1090.0, duration_min=437.0, lockout_min=677.0, max_per_24h=2),
+        utc_offset_h=2.0,
+        volume_ul=27600.0,
+    )
+    setup = Setup(
+        days=1.0125,
+        resolution_ul=0.016,
+        resolution_source="both",
+        latency_s=17.1,
+        latency_per_command=False,
+        report_s=117.0,
+        jitter=0.0,
+        dead_volume_ul=379.0,
+        line_primed=True,
+        bucket_s=300.0,
+        under_delivery_tolerance_ul=0.5,
+        counter_start_steps=0,
+        concentration=500.0,
+        first_program=morphine,
+        rng_seed=14993745,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        Refill(at_s=28788.0, volume_ul=36900.0, drug="morphine", concentration=20000.0),
+        ClinicianBolus(at_s=28800.0, kind="bridge"),
+        Refill(at_s=84240.0, volume_ul=39700.0, drug="morphine", concentration=500.0),
+        ClinicianBolus(at_s=86400.0, kind="bridge"),
+        Restart(at_s=87420.0, crash=False),
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.restarts_clean == 1
+    assert not result.violations, [str(v) for v in result.violations]

@@ -767,6 +767,11 @@ class _Harness:
         clamp = self.config.max_volume_per_command_ul
         if lim_r > 0 and max(lim_r, lim_t) < 0.5 * clamp:
             end_r, end_t = self.sent_counter + lim_r, self.twin_sent_counter + lim_t
+            # An absolute stop before it ends the command there, whatever its limit says.
+            if real.stop_at_device_ul > 0:
+                end_r = min(end_r, real.stop_at_device_ul)
+            if twin.stop_at_device_ul > 0:
+                end_t = min(end_t, twin.stop_at_device_ul)
             if abs(end_r - end_t) > 0.011 * max(lim_r, lim_t) + 2 * res + 1e-3 + drift:
                 return "volume limit", end_r > end_t
         stop_r, stop_t = real.stop_at_device_ul, twin.stop_at_device_ul
