@@ -44,6 +44,7 @@ from pump_rig.verification.safety_scenarios import (
     BolusSpec,
     ClearAlarms,
     ClinicianBolus,
+    DayGroup,
     MotorAlarm,
     PatientBolus,
     ProgramSpec,
@@ -51,6 +52,7 @@ from pump_rig.verification.safety_scenarios import (
     Restart,
     Resume,
     Scenario,
+    SetProgram,
     Setup,
     Suspend,
     generate,
@@ -436,3 +438,106 @@ def test_a_resent_command_whose_absolute_stop_binds_is_no_restart_divergence() -
     result = run_scenario(Scenario(setup, events))
     assert result.restarts_clean == 1
     assert not result.violations, [str(v) for v in result.violations]
+
+
+def test_a_crash_twin_that_alarms_on_delivery_it_did_not_command_is_no_reference() -> None:
+    """Seed 2572, shrunk: after a crash the restarted engine closes its buckets at other
+    times than the never-restarted twin, so near the maximum it sends other budgets. The
+    device runs the restarted engine's; the twin's ledger, whose buckets leave the window
+    later, sees them pass its own maximum and latches DOSE_LIMIT (the true 24 h dose stays
+    under it). The twin is then no reference for the restarted engine's later bolus grants."""
+    baclofen = ProgramSpec(name="p1", drug="baclofen", daily_dose_ug=298.2, volume_ul=22100.0)
+    capped = ProgramSpec(
+        name="p2",
+        drug="baclofen",
+        daily_dose_ug=177.9,
+        max_daily_dose_ug=178.4,
+        utc_offset_h=13.0,
+        volume_ul=31500.0,
+    )
+    bolus = ProgramSpec(
+        name="p6",
+        drug="baclofen",
+        daily_dose_ug=0.0,
+        groups=(DayGroup(days=("all",), steps=(("00:00", 4.25),)),),
+        max_daily_dose_ug=456.0,
+        bolus=BolusSpec(dose_ug=66.4, duration_min=59.0, lockout_min=89.0, max_per_24h=5),
+        utc_offset_h=0.0,
+        volume_ul=31500.0,
+    )
+    setup = Setup(
+        days=1.2486111111111111,
+        resolution_ul=0.0067,
+        resolution_source="config",
+        latency_s=30.4,
+        latency_per_command=True,
+        report_s=112.0,
+        jitter=0.3,
+        dead_volume_ul=247.0,
+        line_primed=True,
+        bucket_s=300.0,
+        under_delivery_tolerance_ul=2.0,
+        counter_start_steps=25604,
+        concentration=2000.0,
+        first_program=baclofen,
+        rng_seed=1295581882,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        Restart(at_s=3600.0, crash=True),
+        SetProgram(at_s=21600.0, program=capped),
+        Refill(at_s=50400.0, volume_ul=34700.0, drug="baclofen", concentration=166.0),
+        SetProgram(at_s=104400.0, program=bolus),
+        PatientBolus(at_s=107820.0, request_id="d"),
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.restarts_crash == 1 and result.grants == 1
+    assert result.notes["crash twin dropped: it alarmed on delivery it did not command"] == 1
+    assert not result.violations, [str(v) for v in result.violations]
+    assert result.max_fraction <= 1.0
+
+
+class _ForgetfulEngine(TherapyEngine):
+    """A deliberately broken engine: reopened after a crash, it forgets a latched alarm."""
+
+    @classmethod
+    def open(cls, **kwargs: Any) -> TherapyEngine:
+        engine = super().open(**kwargs)
+        engine._latched = None
+        return engine
+
+
+def test_a_restart_that_forgets_a_latched_alarm_is_found_more_generous() -> None:
+    """The other side of the rule above: a twin alone in an alarm that is not about the
+    delivery it counted (here a motor stall) stays the reference, so an engine that forgets it
+    on a crash restart is caught."""
+    program = ProgramSpec(
+        name="p1",
+        drug="baclofen",
+        daily_dose_ug=200.0,
+        bolus=BolusSpec(dose_ug=20.0, duration_min=10.0, lockout_min=60.0, max_per_24h=4),
+    )
+    setup = Setup(
+        days=0.2,
+        resolution_ul=0.01,
+        resolution_source="both",
+        latency_s=0.0,
+        latency_per_command=False,
+        report_s=60.0,
+        jitter=0.0,
+        dead_volume_ul=100.0,
+        line_primed=True,
+        bucket_s=900.0,
+        under_delivery_tolerance_ul=2.0,
+        counter_start_steps=0,
+        concentration=500.0,
+        first_program=program,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        MotorAlarm(at_s=3600.0),
+        Restart(at_s=7200.0, crash=True),
+        PatientBolus(at_s=9000.0, request_id="a"),
+    )
+    scenario = Scenario(setup, events)
+    assert not run_scenario(scenario).violations
+    broken = run_scenario(scenario, engine_cls=_ForgetfulEngine)
+    assert "crash_restart_more_generous" in broken.kinds(), [str(v) for v in broken.violations]

@@ -41,6 +41,7 @@ from pump_rig.core.program import (
 )
 from pump_rig.core.pump_types import PumpAction
 from pump_rig.core.therapy_engine import (
+    DOSE_LIMIT,
     JOURNAL_FAULT,
     UNDER_DELIVERY,
     CommandIntent,
@@ -149,6 +150,7 @@ TAG_LATENCY: Final = 1
 TAG_TINY_BUDGET: Final = 2
 
 _REL: Final = 1e-9
+_TWIN_UNCOMMANDED_ALARM: Final = "crash twin dropped: it alarmed on delivery it did not command"
 _TWIN_HOURS: Final = 30.0  # a restart is compared this long (the 24 h window has turned over)
 _UNDER_RATIO: Final = 0.9
 _UNDER_AFTER_S: Final = 600.0
@@ -327,6 +329,10 @@ class _Harness:
         self.twin_until = 0.0
         self.twin_sent: CommandIntent | None = None
         self.twin_sent_counter = 0.0
+        # After a crash the device may run commands the twin would not have sent: from then
+        # on the twin counts delivery it did not command, and an alarm it raises about that
+        # delivery is its own artefact, not something the restarted engine missed.
+        self.twin_uncommanded = False
         self.twin_inherit: tuple[CommandIntent, float] | None = None
         self.alive = True
         self.reopen_at = math.inf
@@ -596,6 +602,9 @@ class _Harness:
                 and running.rate_ul_per_h == twin_sent.flow_rate_ul_per_h
             )
             self.twin.on_device_volume(now, counter, command_applied=twin_applied)
+            if self.twin_uncommanded and self._twin_alone_in_alarm():
+                self.result.notes[_TWIN_UNCOMMANDED_ALARM] += 1
+                self._drop_twin()
         self.reported_ul = counter
         self._issue()
         self._check_under_delivery()
@@ -699,7 +708,19 @@ class _Harness:
             self.twin = None
             return
         self.twin_sent = None
+        self.twin_uncommanded = False
         self.twin_inherit = (self.sent, self.sent_counter) if self.sent is not None else None
+
+    def _twin_alone_in_alarm(self) -> bool:
+        """The twin latched DOSE_LIMIT (its ledger saw delivery past the maximum) and the
+        restarted engine is not in alarm."""
+        twin, real = self.twin, self._engine()
+        if twin is None or real.state is TherapyState.ALARM:
+            return False
+        snap = twin.snapshot(self._abs())
+        return snap.therapy_state is TherapyState.ALARM and snap.detail.startswith(
+            f"alarm: {DOSE_LIMIT}:"
+        )
 
     def _drop_twin(self) -> None:
         self.twin, self.mode = None, ""
@@ -731,6 +752,8 @@ class _Harness:
             if inherit is not None and _same_content(inherit[0], twin):
                 self.twin_sent_counter = inherit[1]  # the fork's copy of the command then sent
             self.twin_inherit = None
+        if self.mode == "conservative" and not _same_content(real, twin):
+            self.twin_uncommanded = True
         if self.mode != "equivalent" or self.twin is None or _same_content(real, twin):
             # After a crash the restarted engine may run other commands for a while (what the
             # device did since the last record is booked later, at once): the window oracle
