@@ -612,6 +612,59 @@ def test_8_a_drug_change_or_a_flush_waits_for_the_confirmed_stop(change: str) ->
     engine.refill(t + 1.0, **refill)  # type: ignore[arg-type]
 
 
+def test_8_an_older_confirmed_stop_proves_nothing_once_the_pump_was_told_to_run() -> None:
+    """Stopped and confirmed, then resumed and suspended again before the next report: the
+    device may have run the resume's command in between, so it has not confirmed a stop
+    (seed 21783 of the bench: a controller restarted after a crash resent its infusion,
+    was suspended, and took a drug change before the device had reported)."""
+    engine = _baclofen_at_2000()
+    t = T0 + 10 * HOUR
+    engine.suspend(t)
+    engine.command(t)
+    engine.on_device_volume(t + 1.0, 187.5, command_applied=True)
+    assert engine.snapshot(t + 1.0).device_stopped
+    engine.resume(t + 2.0)
+    assert engine.command(t + 2.0).action is PumpAction.INFUSE
+    engine.suspend(t + 3.0)
+    assert engine.command(t + 3.0).action is PumpAction.STOP
+    assert not engine.snapshot(t + 3.0).device_stopped
+    morphine = {"volume_ul": 15000.0, "drug": "morphine", "concentration_ug_per_ml": 10000.0}
+    with pytest.raises(TherapyError, match="not yet confirmed it stopped"):
+        engine.refill(t + 3.0, flush=True, **morphine)  # type: ignore[arg-type]
+    engine.on_device_volume(t + 4.0, 187.5 + 0.1, command_applied=True)
+    assert engine.snapshot(t + 4.0).device_stopped
+    engine.refill(t + 4.0, flush=True, **morphine)  # type: ignore[arg-type]
+
+
+def test_8_a_restarted_engine_waits_for_the_device_to_confirm_its_own_command() -> None:
+    """The journal says the pump was stopped; a restarted controller cannot know what the
+    device ran since (its predecessor may have sent a command no record shows): it reports
+    no confirmed stop until a report confirms a command it issued itself."""
+    with journal_dir() as directory:
+        path = directory / "dose.journal"
+        engine = TherapyEngine.open(
+            t_s=T0,
+            library=LIBRARY,
+            journal_path=path,
+            initial_program=program("baclofen", 2000.0, 900.0),
+        )
+        engine.on_device_volume(T0, 0.0)
+        engine.command(T0)
+        engine.suspend(T0 + HOUR)
+        engine.command(T0 + HOUR)
+        engine.on_device_volume(T0 + HOUR + 1.0, 18.75, command_applied=True)
+        assert engine.snapshot(T0 + HOUR + 1.0).device_stopped
+        engine.close()
+        t = T0 + 2 * HOUR
+        restarted = TherapyEngine.open(t_s=t, library=LIBRARY, journal_path=path)
+        restarted.on_device_volume(t, 18.75, command_applied=True)  # before it commanded
+        assert not restarted.snapshot(t).device_stopped
+        assert restarted.command(t).action is PumpAction.STOP
+        restarted.on_device_volume(t + 1.0, 18.75, command_applied=True)
+        assert restarted.snapshot(t + 1.0).device_stopped
+        restarted.close()
+
+
 def test_8_after_an_accepted_rollback_a_stronger_fluid_needs_a_flush() -> None:
     """What the device pushed in the time the lost records covered is booked from its counter,
     but at the fluid the kept records knew: had a lost refill put in a stronger one, the line

@@ -374,6 +374,12 @@ class TherapyEngine:
         # The command the device last confirmed running: until a newer one takes effect the
         # device keeps delivering this one's rates, so its bolus share is credited by it.
         self._in_force: _Issued | None = None
+        # A command that may move the pump was issued (or, in a restarted engine, may still
+        # run from before) and no report since has confirmed the device runs the latest one:
+        # an older confirmed stop then proves nothing. Cleared by a report that confirms a
+        # command this engine has issued.
+        self._motion_unconfirmed = False
+        self._commanded = False  # command() has been called since this engine was built
         self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
         self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
         # The program of the drug a refill replaced, while a bridge delivers what of it is
@@ -780,6 +786,8 @@ class TherapyEngine:
             if baseline is not None and issued.applied_ul is None:
                 issued.applied_ul, issued.applied_t_s = self._device_total, t_s
             self._in_force = issued
+            if self._commanded:
+                self._motion_unconfirmed = False
         if baseline is None or delivered_volume_ul < baseline:
             if baseline is not None:
                 self._set_core_alarm(
@@ -880,6 +888,7 @@ class TherapyEngine:
     def command(self, t_s: float) -> CommandIntent:
         """The command for now. The same object is returned while nothing needs re-sending."""
         self._advance(t_s)
+        self._commanded = True
         desired, basal, bolus = self._desired(t_s)
         issued = self._issued
         if issued is not None and self._same_command(issued, desired):
@@ -905,6 +914,8 @@ class TherapyEngine:
             return intent
         made_for = self._bolus.t0_s if self._bolus is not None and bolus > 0.0 else None
         self._issued = _Issued(desired, basal, bolus, bolus_t0_s=made_for)
+        if desired.action is PumpAction.INFUSE:
+            self._motion_unconfirmed = True
         return desired
 
     def snapshot(self, t_s: float) -> EngineSnapshot:
@@ -1630,6 +1641,7 @@ class TherapyEngine:
             issued.intent.action is PumpAction.STOP
             and force is not None
             and force.intent.action is PumpAction.STOP
+            and not self._motion_unconfirmed
         )
 
     def _line_unsure(self) -> bool:
@@ -1691,6 +1703,9 @@ class TherapyEngine:
             self._in_force = self._issued if applied else None
         else:
             self._in_force = _Issued.from_record(force) if force else None
+        # What the device runs after a restart is known only once it confirms a command
+        # this engine issued (the one before may have sent one no record shows).
+        self._motion_unconfirmed = self._issued is not None
         bridge_program = s.get("bprog")
         self._bridge_program = self._parse_journaled(bridge_program) if bridge_program else None
         hold = s.get("hold")
