@@ -45,6 +45,7 @@ from pump_rig.verification.safety_scenarios import (
     ClearAlarms,
     ClinicianBolus,
     DayGroup,
+    DeviceFactor,
     MotorAlarm,
     PatientBolus,
     ProgramSpec,
@@ -541,3 +542,36 @@ def test_a_restart_that_forgets_a_latched_alarm_is_found_more_generous() -> None
     assert not run_scenario(scenario).violations
     broken = run_scenario(scenario, engine_cls=_ForgetfulEngine)
     assert "crash_restart_more_generous" in broken.kinds(), [str(v) for v in broken.violations]
+
+
+def test_under_delivery_is_required_only_for_what_the_command_asked() -> None:
+    """Seed 22802, rebuilt small: at the daily maximum the engine sends short capped commands
+    (0.46 µL at 50 µL/h). A stall during one leaves the device 0.46 µL behind, inside the
+    engine's tolerance: no UNDER_DELIVERY is owed. The harness counted the rate over the whole
+    stretch (12 µL) and reported a missed alarm."""
+    low = ProgramSpec(name="p1", drug="baclofen", daily_dose_ug=20.0, max_daily_dose_ug=700.0)
+    high = ProgramSpec(name="p2", drug="baclofen", daily_dose_ug=600.0, max_daily_dose_ug=700.0)
+    setup = Setup(
+        days=1.5,
+        resolution_ul=0.012,
+        resolution_source="config",
+        latency_s=20.0,
+        latency_per_command=False,
+        report_s=100.0,
+        jitter=0.0,
+        dead_volume_ul=100.0,
+        line_primed=True,
+        bucket_s=900.0,
+        under_delivery_tolerance_ul=0.5,
+        counter_start_steps=0,
+        concentration=500.0,
+        first_program=low,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        ClinicianBolus(at_s=90000.0, kind="clinician", dose_ug=678.0, duration_min=120.0),
+        SetProgram(at_s=100800.0, program=high, override_reason="bench: titration override"),
+        DeviceFactor(at_s=101874.0, factor=0.0),  # just after a 0.464 µL command arrives
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.notes["under-delivery below the engine's tolerance"] == 1
+    assert not result.violations, [str(v) for v in result.violations]

@@ -170,6 +170,12 @@ class DeviceModel:
         """The reservoir holds ``volume_ul`` from the current position on."""
         self._end = self._steps + max(0.0, volume_ul) / self.resolution_ul
 
+    def budget_left_ul(self) -> float:
+        """What the running command still asks the device to push (inf: no budget)."""
+        if not self.running:
+            return 0.0
+        return max(0.0, self._target - self._steps) * self.resolution_ul
+
     def reservoir_left_ul(self) -> float:
         return max(0.0, self._end - self._steps) * self.resolution_ul
 

@@ -263,6 +263,7 @@ class _Shortfall:
     # The command run meanwhile: the engine judges each command on its own, so a new command
     # starts a new stretch.
     command: object = None
+    asked_ul: float = math.inf  # what that command still asked for when the stretch began
 
 
 @dataclass
@@ -520,6 +521,7 @@ class _Harness:
 
     def _move_to(self, t1: float) -> None:
         device, t0 = self.device, self.t
+        asked_ul = device.budget_left_ul()
         motion = device.advance(t0, t1)
         if motion is not None:
             self.oracle.add(motion, self.line, self._tag(motion))
@@ -536,8 +538,12 @@ class _Harness:
             else:
                 stretch = self.shortfall
                 if stretch is None or stretch.command is not command:
-                    stretch = self.shortfall = _Shortfall(t0, command=command)
-                stretch.commanded_ul += command.rate_ul_per_h * (t1 - t0) / 3600.0
+                    stretch = self.shortfall = _Shortfall(t0, command=command, asked_ul=asked_ul)
+                # Commanded is what the command asks for: its rate, up to its budget.
+                stretch.commanded_ul = min(
+                    stretch.asked_ul,
+                    stretch.commanded_ul + command.rate_ul_per_h * (t1 - t0) / 3600.0,
+                )
                 stretch.delivered_ul += motion.p1_ul - motion.p0_ul if motion else 0.0
         self.t = t1
 
