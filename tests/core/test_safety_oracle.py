@@ -242,6 +242,20 @@ def test_line_flush_replaces_what_is_in_the_line_with_saline() -> None:
     assert line.dose_by_drug_ug(50.0, 120.0) == pytest.approx({"baclofen": 35.0})
 
 
+def test_a_flushed_line_holds_no_drug_whatever_the_rounding_of_its_position() -> None:
+    # Seed 44914 of the bench: a flush at 156.69977061487177 µL pushed through a 472 µL line,
+    # then a refill. (156.699... + 472) - 472 rounds above 156.699..., so a round trip through
+    # the pushed total found a sliver of the new drug in the line and called a correct
+    # refill with another drug invalid.
+    fentanyl, hydromorphone = Fluid("fentanyl", 707.0), Fluid("hydromorphone", 1000.0)
+    position = 156.69977061487177
+    line = LineModel(472.0, content=fentanyl, entering=fentanyl, pushed_ul=124.7088)
+    line.flush(position)
+    line.fill(position, hydromorphone)
+    assert line.drugs_in_line(position) == set()
+    assert line.drugs_in_line(position + 1.0) == {"hydromorphone"}
+
+
 def test_unprimed_line_holds_saline_until_the_drug_reaches_the_tip() -> None:
     line = LineModel(200.0, content=SALINE, entering=BACLOFEN, pushed_ul=10.0)
     assert line.dose_by_drug_ug(10.0, 210.0) == {}

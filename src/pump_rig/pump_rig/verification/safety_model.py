@@ -313,14 +313,18 @@ class LineModel:
     def pieces(self, p0_ul: float, p1_ul: float) -> Iterator[tuple[float, float, Fluid]]:
         """(from, to, fluid) leaving the tip while the pushed total goes from p0 to p1."""
         dead = self.dead_volume_ul
-        e0, e1 = p0_ul - dead, p1_ul - dead
+        for lo, top, fluid in self._entered(p0_ul - dead, p1_ul - dead):
+            yield lo + dead, top + dead, fluid
+
+    def _entered(self, e0: float, e1: float) -> Iterator[tuple[float, float, Fluid]]:
+        """(from, to, fluid) of what entered the line between entered volumes e0 and e1."""
         i = max(0, bisect.bisect_right(self._starts, e0) - 1)
         n = len(self._starts)
         while i < n and self._starts[i] < e1:
             hi = self._starts[i + 1] if i + 1 < n else math.inf
             lo, top = max(e0, self._starts[i]), min(e1, hi)
             if top > lo:
-                yield lo + dead, top + dead, self._fluids[i]
+                yield lo, top, self._fluids[i]
             i += 1
 
     def dose_by_drug_ug(self, p0_ul: float, p1_ul: float) -> dict[str, float]:
@@ -337,12 +341,11 @@ class LineModel:
         return self._fluids[max(0, i)]
 
     def drugs_in_line(self, pushed_ul: float) -> set[str]:
-        """The drugs in the line (between outlet and tip) at ``pushed_ul``."""
-        return {
-            f.drug
-            for _lo, _hi, f in self.pieces(pushed_ul, pushed_ul + self.dead_volume_ul)
-            if f.is_drug
-        }
+        """The drugs in the line (between outlet and tip) at ``pushed_ul``: what entered it
+        in the last dead volume pushed (taken as entered volumes, not as a round trip through
+        the pushed total, which rounding can stretch into the fluid that enters next)."""
+        entered = self._entered(pushed_ul - self.dead_volume_ul, pushed_ul)
+        return {f.drug for _lo, _hi, f in entered if f.is_drug}
 
     def _append(self, at: float, fluid: Fluid) -> None:
         if at < self._starts[-1]:
