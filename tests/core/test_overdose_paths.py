@@ -612,6 +612,27 @@ def test_8_a_drug_change_or_a_flush_waits_for_the_confirmed_stop(change: str) ->
     engine.refill(t + 1.0, **refill)  # type: ignore[arg-type]
 
 
+def test_8_a_flush_books_the_step_in_progress_as_the_tip_fluid_it_pushed_out() -> None:
+    """Stopped part way through a step, the plunger has pushed part of a step of the tip's
+    fluid (baclofen 2000 µg/mL) into the patient that its counter shows only after the flush,
+    when the line holds saline. So the flush books one device step of the tip's fluid (seed
+    43498 of the bench lost 0.0019 µg of clonidine this way and ended 1.7 steps over its
+    maximum; seed 40023 reached 1.0008 × its limit)."""
+    engine = _baclofen_at_2000()
+    t = T0 + 10 * HOUR
+    engine.suspend(t)
+    engine.command(t)
+    engine.on_device_volume(t + 1.0, 187.5, command_applied=True)
+    before_ug = engine.snapshot(t + 1.0).delivered_dose_total_ug
+    engine.refill(
+        t + 2.0, volume_ul=15000.0, drug="baclofen", concentration_ug_per_ml=2000.0, flush=True
+    )
+    step_ul = engine.resolution_ul
+    engine.on_device_volume(t + 3.0, 187.5 + step_ul, command_applied=True)  # the step shows
+    booked_ug = engine.snapshot(t + 3.0).delivered_dose_total_ug
+    assert booked_ug >= before_ug + step_ul * 2.0 - 1e-12
+
+
 def test_8_an_older_confirmed_stop_proves_nothing_once_the_pump_was_told_to_run() -> None:
     """Stopped and confirmed, then resumed and suspended again before the next report: the
     device may have run the resume's command in between, so it has not confirmed a stop
@@ -733,8 +754,9 @@ def test_8_a_rollback_past_every_record_keeps_the_24h_dose_from_the_high_water_m
             now += 300.0
             restored.on_device_volume(now, counter, command_applied=True)
         # 250 − 200 µg, less the 3 µL (1.5 µg) pushed since the mark: 97 µL of drug after
-        # the flushed line's 200 µL of saline (one device step short).
-        assert counter - 403.0 == pytest.approx(297.0, abs=0.2)
+        # the flushed line's 200 µL of saline, one device step short, and one step less for
+        # the part of a step of the tip's fluid the flush books.
+        assert counter - 403.0 == pytest.approx(297.0 - restored.resolution_ul, abs=0.2)
         restored.close()
 
 

@@ -711,6 +711,13 @@ class TherapyEngine:
                     f"withdrawn {withdrawn_ul:.6g} µL but {discarded:.6g} µL was calculated: "
                     "check delivery",
                 )
+        if flush and line.tip_concentration_ug_per_ml > 0.0 and self._baseline is not None:
+            # A stopped plunger may stand part way through a step its counter shows only
+            # later: that part pushed the tip's fluid into the patient before the flush, but
+            # would be booked as the saline the flush leaves at the tip. Booked now as one
+            # device step of the tip's fluid (the most a counter can lag).
+            tip_ug = self.resolution_ul * line.tip_concentration_ug_per_ml / _UL_PER_ML
+            self._ledger.add(t_s, self._basal_source(), 0.0, tip_ug, {line.tip_drug: tip_ug})
         self._flush_bucket()
         if flush:
             removed = line.flush()
