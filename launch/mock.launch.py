@@ -15,7 +15,10 @@ Arguments:
   directory `ros2 launch` runs in and handed to the recorder as an absolute path.
 * program (the bundled constant-rate baclofen program; '' = start without one).
 * config (share/pump_rig/config/mock.yaml): ROS parameter file for all nodes.
-* port_link ('' = /tmp/pump_rig/<namespace>/pump): path of the mock pump's serial device.
+* port_link ('' = <runtime dir>/domain<ROS domain>/<namespace>/pump): path of the mock pump's
+  serial device (runtime dir: $XDG_RUNTIME_DIR/pump_rig or /tmp/pump_rig-<uid>).
+* resume (false): go on with the dose ledger the journal holds; by default a mock run starts a
+  new ledger and keeps the old journal as a dated copy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchContext, LaunchDescription
+from pump_rig.core.rig_files import default_port_link, ros_domain_id
 
 SHARE = Path(get_package_share_directory("pump_rig"))
 
@@ -51,7 +55,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
     namespace = arg("namespace").strip("/")
     speed = _speed(arg("speed"))
     sim = not math.isclose(speed, 1.0)  # the same test mock_hardware uses to publish /clock
-    port_link = arg("port_link") or f"/tmp/pump_rig/{namespace or 'root'}/pump"
+    port_link = arg("port_link") or str(default_port_link("/" + namespace, ros_domain_id()))
+    ledger = "resume" if arg("resume").lower() in ("true", "1", "yes") else "new"
     bag_dir = str(Path(arg("bag_dir") or "runs").expanduser().absolute())
     config = arg("config")
     common = {"use_sim_time": sim}
@@ -72,7 +77,11 @@ def _nodes(context: LaunchContext) -> list[Node]:
         node("mock_hardware", {"speed": speed, "port_link": port_link}),
         node("motor_driver", common, {"port": port_link}),
         node("pressure_monitor", common),
-        node("dosing_controller", common, {"program_file": arg("program")}),
+        node(
+            "dosing_controller",
+            common,
+            {"program_file": arg("program"), "journal_on_start": ledger},
+        ),
         node(
             "telemetry_recorder",
             common,
@@ -110,7 +119,14 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "port_link",
                 default_value="",
-                description="Path of the mock pump's serial device ('' = /tmp/pump_rig/<ns>/pump)",
+                description="Path of the mock pump's serial device ('' = <runtime dir>/"
+                "domain<ROS domain>/<ns>/pump)",
+            ),
+            DeclareLaunchArgument(
+                "resume",
+                default_value="false",
+                description="Go on with the dose ledger the journal holds (default: a new one; "
+                "the old journal is kept as a dated copy)",
             ),
             OpaqueFunction(function=_nodes),
         ]

@@ -10,7 +10,7 @@ import tempfile
 # take 150-229, one per process; subprocesses started by tests inherit it.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
-# Dose journals default to $ROS_HOME/pump_rig/<namespace>/: keep each run's apart from the
+# Dose journals default to $ROS_HOME/pump_rig/domain<N>/<namespace>/: keep each run's apart from the
 # user's and from other runs'.
 os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="pump_rig_test_ros_home_")
 

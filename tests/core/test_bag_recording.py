@@ -141,6 +141,7 @@ def _write_run(path: Path, typestore: Any) -> None:
             next_change=_header(typestore, 0.0).stamp,
             active_bolus="",
             detail="alarm: OCCLUSION",
+            ledger="new /tmp/dose_journal.jsonl",
         ),
     )
     bag.close()

@@ -790,6 +790,7 @@ def test_8_volume_pushed_before_a_rollback_is_accepted_counts_as_the_strongest_f
         assert restored.snapshot(t + 1).delivered_dose_24h_ug == pytest.approx(201.5)
         # A crash now (no close): the reopened engine counts from the journaled counter
         # and books the same 3 µL the same way at the device's next report.
+        restored.drop()
         reopened = TherapyEngine.open(t_s=t + 2, library=LIBRARY, journal_path=path)
         reopened.on_device_volume(t + 2, 403.0)
         assert reopened.snapshot(t + 2).delivered_dose_24h_ug == pytest.approx(201.5)

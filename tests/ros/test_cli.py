@@ -181,7 +181,7 @@ def test_a_rolled_back_journal_doses_only_after_an_operator_accepts_the_loss(
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:-2]))
 
-    with running_rig(FLEX_PROGRAM, tmp_path, "--journal", str(journal)) as ns:
+    with running_rig(FLEX_PROGRAM, tmp_path, "--journal", str(journal), "--resume") as ns:
         status = wait_for_status(ns, "JOURNAL_FAULT")
         assert "therapy        ALARM" in status
         denied = pumprig("-n", ns, "bolus")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from pump_rig_interfaces.srv import InjectFault, SetProgram
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
+from pump_rig.cli.stack import Stack, StackOptions
+from pump_rig.core.rig_files import default_port_link, legacy_journal_path, ros_domain_id
 from tests.ros.conftest import PROGRAM, Probe, last
 
 pytestmark = pytest.mark.ros
@@ -219,3 +222,93 @@ def test_unknown_fault_kind_is_refused_by_name(make_stack: Any, probe: Probe) ->
     answer = probe.call(InjectFault, "inject_fault", InjectFault.Request(kind="gremlins"))
     assert not answer.success
     assert "gremlins" in answer.message and "occlusion" in answer.message
+
+
+def test_a_second_rig_in_the_same_namespace_and_domain_is_refused_and_the_first_runs_on(
+    tmp_path: Any, namespace: str, probe: Probe, monkeypatch: Any
+) -> None:
+    """Shell A runs a rig; shell B starts another in the same namespace and ROS domain. B is
+    refused with one line naming A (its pid), whether it collides on the port link or, with
+    a link of its own, on the dose journal; A's link still points at A's pump and A doses on.
+    Before, B re-pointed A's link at its own pump and A's controller counted B's volume."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    first = Stack(StackOptions(namespace=namespace, speed=SPEED, program=PROGRAM))
+    try:
+        first.start()
+        running(probe)
+        link = default_port_link(namespace, ros_domain_id())
+        pump = link.readlink()
+        with pytest.raises(ValueError, match=rf"port link {link} is in use by pid {os.getpid()}"):
+            Stack(StackOptions(namespace=namespace, speed=SPEED, program=PROGRAM))
+        own_link = [Parameter("port_link", Parameter.Type.STRING, str(tmp_path / "b_pump"))]
+        with pytest.raises(ValueError, match=r"dose journal .* is in use by pid \d+ .*rig "):
+            Stack(
+                StackOptions(
+                    namespace=namespace,
+                    speed=SPEED,
+                    program=PROGRAM,
+                    extra={"mock_hardware": own_link},
+                )
+            )
+        assert link.readlink() == pump
+        dose = probe.watch("dose")
+        before = probe.wait_for(lambda: last(dose), what="dose").delivered_volume_ul
+        after = probe.wait_for(
+            lambda: (d := last(dose)) is not None and d.delivered_volume_ul > before and d,
+            what="the first rig delivering on",
+        )
+        assert after.program == "baclofen-constant"
+    finally:
+        first.shutdown()
+
+
+def test_a_leftover_ledger_is_resumed_only_when_asked_and_then_said_so(
+    tmp_path: Any, namespace: str, probe: Probe
+) -> None:
+    """A rig ran a program and stopped. Started again on the same journal with resume (the
+    controller's default, and `pumprig up --port`), it goes on with that ledger and says so
+    in the dose status; started as a new ledger (`pumprig up` on the mock), it doses nothing,
+    says it is new, and the old journal is kept as a dated copy."""
+    journal = tmp_path / "ledger" / "dose_journal.jsonl"
+    dose = probe.watch("dose")
+
+    def run(**options: Any) -> DoseStatus:
+        options.setdefault("extra", {})["mock_hardware"] = [
+            Parameter("port_link", Parameter.Type.STRING, str(tmp_path / "pump"))
+        ]
+        stack = Stack(StackOptions(namespace=namespace, speed=SPEED, journal=journal, **options))
+        try:
+            stack.start()
+            dose.clear()
+            status: DoseStatus = probe.wait_for(
+                lambda: (d := last(dose)) is not None and d.ledger and d, what="dose status"
+            )
+            return status
+        finally:
+            stack.shutdown()
+
+    first = run(program=PROGRAM, new_ledger=True)
+    assert first.ledger == f"new {journal}" and first.program == "baclofen-constant"
+    resumed = run()
+    assert resumed.ledger.startswith(f"resumed {journal} (")
+    assert "program baclofen-constant" in resumed.ledger
+    assert resumed.program == "baclofen-constant"
+    fresh = run(new_ledger=True)
+    assert fresh.ledger == f"new {journal}" and fresh.program == ""
+    assert fresh.therapy_state == DoseStatus.NO_PROGRAM
+    kept = sorted(p.name for p in journal.parent.glob("dose_journal.jsonl.2*"))
+    assert len(kept) == 1 and not kept[0].endswith((".id", ".hwm"))
+
+
+def test_a_journal_left_at_the_old_domain_blind_place_is_not_silently_replaced(
+    namespace: str,
+) -> None:
+    """Releases before per-domain paths kept the journal at $ROS_HOME/pump_rig/<namespace>/.
+    A controller that would resume finds it there and nothing at the new place: it refuses
+    with one line saying where to move it, instead of starting an empty dose history."""
+    old = legacy_journal_path(namespace)
+    old.parent.mkdir(parents=True)
+    old.write_text("(an earlier release's ledger)\n")
+    with pytest.raises(ValueError, match=rf"a dose journal from an earlier pump_rig is at {old}"):
+        Stack(StackOptions(namespace=namespace, speed=SPEED))
+    assert old.read_text() == "(an earlier release's ledger)\n"

@@ -72,8 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--journal",
         type=Path,
         metavar="FILE",
-        help="dose journal (default: $ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl; "
-        "with --speed, a fresh one under runs/, since simulated time is not today's)",
+        help="dose journal (default: $ROS_HOME/pump_rig/domain<N>/<namespace>/"
+        "dose_journal.jsonl; with --speed, a fresh one under runs/, since simulated time is "
+        "not today's)",
+    )
+    up.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the ledger the journal holds (the default with --port); without it a "
+        "mock rig starts a new ledger and keeps an existing journal as a dated copy",
     )
 
     demo = sub.add_parser("demo", help="24 h of simulated therapy with an occlusion at hour 12")
@@ -451,6 +458,7 @@ def cmd_up(args: argparse.Namespace) -> None:
             record=record,
             port=args.port,
             journal=journal,
+            new_ledger=args.port is None and not args.resume,
         )
     )
     stopping = {"now": False}

@@ -52,6 +52,9 @@ class StackOptions:
     journal: Path | None = None  # dose journal ('' parameter default: under $ROS_HOME)
     port: str | None = None  # a real device: no mock
     controller: bool = True  # False: something else commands the pump (tests, manual runs)
+    # True: an existing journal is kept as a dated copy and a new ledger starts (mock runs);
+    # False: the params file decides (journal_on_start, 'resume' by default).
+    new_ledger: bool = False
     extra: dict[str, list[Parameter[Any]]] = field(default_factory=dict)  # per-node overrides
 
 
@@ -110,6 +113,8 @@ class Stack:
             controller_overrides.append(
                 Parameter("journal_path", Parameter.Type.STRING, str(opts.journal))
             )
+        if opts.new_ledger:
+            controller_overrides.append(Parameter("journal_on_start", Parameter.Type.STRING, "new"))
         self._make(PressureMonitor, "pressure_monitor", [])
         self._make(MotorDriver, "motor_driver", [Parameter("port", Parameter.Type.STRING, port)])
         if opts.controller:

@@ -76,6 +76,7 @@ def status_lines(client: RigClient) -> list[str]:
             else "next refill unknown"
         ),
         f"state detail   {dose.detail}",
+        f"dose ledger    {dose.ledger or 'not open yet'}",
     ]
     if state is not None:
         lines.append(

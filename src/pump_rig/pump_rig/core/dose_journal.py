@@ -20,19 +20,28 @@ digest) before anything else.
 The mark has two slots written in turn, each with its own CRC, so a crash in the middle of
 writing one leaves the other: the newer valid slot is the mark.
 
-To start a new ledger on purpose, remove the journal and its sidecars.
+One controller at a time: opening takes an :class:`~pump_rig.core.rig_files.OwnerLock` on
+``<journal>.lock`` (held until :meth:`DoseJournal.close` or the process ends), so a second rig
+started on the same ledger is refused with the first one's host and pid instead of
+interleaving its records.
+
+To start a new ledger on purpose, open with ``new_ledger=True``: the old journal and its
+sidecars are kept as a dated copy (``<journal>.<YYYYmmdd-HHMMSS>`` and so on), never deleted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
+
+from pump_rig.core.rig_files import OwnerLock
 
 __all__ = [
     "JOURNAL_VERSION",
@@ -41,6 +50,8 @@ __all__ = [
     "JournalError",
     "JournalMissingError",
     "JournalRollbackError",
+    "archive",
+    "sidecars",
 ]
 
 JOURNAL_VERSION: Final = 1
@@ -178,18 +189,50 @@ class DoseJournal:
         self._next_n = next_n
         self._handle: IO[str] | None = handle
         self._mark: _MarkFile | None = mark
+        self._lock: OwnerLock | None = None
+        self.archived_as: Path | None = None  # the dated copy a new ledger left behind
 
     @classmethod
     def open(
-        cls, path: Path, *, t_s: float, accept_rollback: str = ""
+        cls,
+        path: Path,
+        *,
+        t_s: float,
+        accept_rollback: str = "",
+        owner: Mapping[str, object] | None = None,
+        new_ledger: bool = False,
+        lock: OwnerLock | None = None,
     ) -> tuple[DoseJournal, list[dict[str, Any]]]:
         """Open (or create) the journal; return it with its records after the header.
 
-        Raises :class:`JournalError` for a damaged journal, :class:`JournalMissingError` when
+        Raises :class:`~pump_rig.core.rig_files.LockHeldError` when another process has it
+        open (``owner`` is what this one tells such a process about itself),
+        :class:`JournalError` for a damaged journal, :class:`JournalMissingError` when
         the sidecar exists but the journal does not, :class:`JournalRollbackError` when it
         ends before its high-water mark — unless ``accept_rollback`` gives the operator's
-        reason, which is journaled as a ``rollback`` record (returned last).
+        reason, which is journaled as a ``rollback`` record (returned last). ``new_ledger``
+        keeps an existing journal as a dated copy and starts an empty one. ``lock``: the
+        caller already holds the journal's lock (and keeps it when the journal closes).
         """
+        own = lock is None
+        held = OwnerLock.acquire(path, f"dose journal {path}", owner) if lock is None else lock
+        if not held.held or held.path != path:
+            raise ValueError(f"the lock given is not held for {path}")
+        try:
+            archived = archive(path) if new_ledger else None
+            journal, records = cls._open_locked(path, t_s, accept_rollback)
+        except BaseException:
+            if own:
+                held.release()
+            raise
+        journal._lock = held if own else None
+        journal.archived_as = archived
+        return journal, records
+
+    @classmethod
+    def _open_locked(
+        cls, path: Path, t_s: float, accept_rollback: str
+    ) -> tuple[DoseJournal, list[dict[str, Any]]]:
         id_path = _id_path(path)
         if not path.exists():
             if id_path.exists():
@@ -347,6 +390,32 @@ class DoseJournal:
         if self._mark is not None:
             self._mark.close()
             self._mark = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The journal and the files kept beside it (the lock file aside)."""
+    return [path, _id_path(path), _mark_path(path)]
+
+
+def archive(path: Path, stamp: str | None = None) -> Path | None:
+    """Keep the journal at ``path`` and its sidecars as a dated copy (``<name>.<stamp>``) and
+    leave nothing at ``path``; returns the copy's journal path (None: there was none). The
+    caller holds the journal's lock."""
+    present = [p for p in sidecars(path) if p.exists()]
+    if not present:
+        return None
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    suffix, k = stamp, 1
+    while any(p.with_name(f"{p.name}.{suffix}").exists() for p in sidecars(path)):
+        k += 1
+        suffix = f"{stamp}-{k}"
+    for p in present:
+        p.replace(p.with_name(f"{p.name}.{suffix}"))
+    _fsync_dir(path.parent)
+    return path.with_name(f"{path.name}.{suffix}")
 
 
 def _write_durably(path: Path, text: str) -> None:

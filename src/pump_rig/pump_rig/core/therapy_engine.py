@@ -44,6 +44,7 @@ from pump_rig.core.program import (
     titration_problem,
 )
 from pump_rig.core.pump_types import SECONDS_PER_DAY, SECONDS_PER_HOUR, PumpAction
+from pump_rig.core.rig_files import OwnerLock
 
 __all__ = [
     "CORE_ALARM_CODES",
@@ -335,6 +336,10 @@ class TherapyEngine:
         journal: DoseJournal | None = None,
     ) -> None:
         self.config = config or EngineConfig()
+        # From open(): how many records the journal held (0: a new ledger), and where a
+        # journal it replaced with a new ledger was kept.
+        self.resumed_records = 0
+        self.archived_journal: Path | None = None
         self._device_resolution_ul = 0.0  # as the device last reported it
         self.library = library
         self._journal = journal
@@ -401,8 +406,14 @@ class TherapyEngine:
         config: EngineConfig | None = None,
         initial_program: TherapyProgram | None = None,
         confirm_rollback: str = "",
+        journal_lock: OwnerLock | None = None,
+        new_ledger: bool = False,
     ) -> TherapyEngine:
         """Engine restored from ``journal_path`` (created if new; None = not persisted).
+
+        The journal is locked for this engine (``journal_lock``: by the caller already);
+        another process holding it raises :class:`~pump_rig.core.rig_files.LockHeldError`.
+        ``new_ledger`` keeps an existing journal as a dated copy and starts an empty one.
 
         A journal that cannot be trusted gives an engine that refuses to dose and shows a
         critical ``JOURNAL_FAULT`` until the journal is repaired and the node restarted.
@@ -416,7 +427,11 @@ class TherapyEngine:
         else:
             try:
                 journal, records = DoseJournal.open(
-                    journal_path, t_s=t_s, accept_rollback=confirm_rollback
+                    journal_path,
+                    t_s=t_s,
+                    accept_rollback=confirm_rollback,
+                    lock=journal_lock,
+                    new_ledger=new_ledger,
                 )
             except (JournalError, OSError) as exc:
                 engine = cls(t_s=t_s, library=library, config=config)
@@ -426,6 +441,8 @@ class TherapyEngine:
                 engine._enter_fault(f"{exc}{hint}")
                 return engine
             engine = cls(t_s=t_s, library=library, config=config, journal=journal)
+            engine.resumed_records = len(records)
+            engine.archived_journal = journal.archived_as
             try:
                 engine._restore(records)
             except Exception as exc:
@@ -448,6 +465,13 @@ class TherapyEngine:
         if self._journal is not None:
             self._journal.close()
             self._journal = None  # closed for good: nothing more is journaled
+
+    def drop(self) -> None:
+        """Let go of the journal as a crash would: nothing more is written, the file is
+        closed and its lock released (how tests and the safety harness crash an engine)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def _enter_fault(self, reason: str) -> None:
         self._fault = reason

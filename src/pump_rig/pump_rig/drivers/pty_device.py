@@ -23,12 +23,13 @@ import queue
 import select
 import threading
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from pump_rig.core.faults import FaultKind
+from pump_rig.core.rig_files import LockHeldError, OwnerLock
 
 _LOG = logging.getLogger(__name__)
 _READ_CHUNK = 4096
@@ -87,10 +88,19 @@ class PtySerialDevice:
         *,
         lock: threading.Lock | None = None,
         link_path: Path | None = None,
+        link_owner: Mapping[str, object] | None = None,
         poll_interval_s: float = 0.005,
     ) -> None:
         if not poll_interval_s > 0.0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
+        # The link is this device's while it lives: another emulator (another rig) asking for
+        # the same path is refused instead of re-pointing a running rig's port at itself.
+        self._link_lock: OwnerLock | None = None
+        if link_path is not None:
+            try:
+                self._link_lock = OwnerLock.acquire(link_path, f"port link {link_path}", link_owner)
+            except LockHeldError as exc:
+                raise ValueError(str(exc)) from None
         self._emulator = emulator
         self._clock = clock
         self._lock = lock if lock is not None else threading.Lock()
@@ -104,7 +114,12 @@ class PtySerialDevice:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.errors = 0  # emulator exceptions caught on the I/O thread (logged)
-        self._open_pty()
+        try:
+            self._open_pty()
+        except BaseException:
+            if self._link_lock is not None:
+                self._link_lock.release()
+            raise
 
     # ---- public -----------------------------------------------------------------------------
     @property
@@ -165,6 +180,9 @@ class PtySerialDevice:
             self._thread.join(timeout=_ACTION_TIMEOUT_S)
             self._thread = None
         self._do_unplug()
+        if self._link_lock is not None:
+            self._link_lock.release()
+            self._link_lock = None
 
     def __enter__(self) -> PtySerialDevice:
         self.start()
@@ -200,7 +218,16 @@ class PtySerialDevice:
                     os.close(fd)
         self._master = self._slave = None
         if self._link_path is not None:
-            self._link_path.unlink(missing_ok=True)
+            self._remove_own_link()
+
+    def _remove_own_link(self) -> None:
+        """Remove the link only while it still points at this device's pty: a link something
+        else made since (another rig, a user) is not ours to delete."""
+        link = self._link_path
+        assert link is not None
+        with contextlib.suppress(OSError):
+            if str(link.readlink()) == self._slave_path:
+                link.unlink()
 
     def _do_replug(self) -> None:
         if self._master is not None:

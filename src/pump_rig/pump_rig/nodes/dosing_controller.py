@@ -10,7 +10,6 @@ restarts only after ``clear_alarms`` and ``resume``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,12 @@ from pump_rig.core.drug_library import (
     load_drug_library,
 )
 from pump_rig.core.program import ProgramError, TherapyProgram, load_program_file, parse_program
+from pump_rig.core.rig_files import (
+    LockHeldError,
+    OwnerLock,
+    default_journal_path,
+    legacy_journal_path,
+)
 from pump_rig.core.therapy_engine import (
     JOURNAL_FAULT,
     AlarmEvent,
@@ -57,11 +62,11 @@ _UNSAFE_LINE = {
 }
 
 
-def default_journal_path(namespace: str) -> Path:
-    """$ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl (ROS_HOME defaults to ~/.ros)."""
-    home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
-    name = namespace.strip("/").replace("/", "_") or "root"
-    return home / "pump_rig" / name / "dose_journal.jsonl"
+_LEDGER_CHOICES = ("resume", "new")
+
+
+def _ledger_choice(value: object) -> str | None:
+    return None if value in _LEDGER_CHOICES else f"must be 'resume' or 'new', got {value!r}"
 
 
 def _engine_specs() -> list[ParamSpec]:
@@ -70,9 +75,18 @@ def _engine_specs() -> list[ParamSpec]:
         ParamSpec(
             "journal_path",
             "",
-            "Dose journal file ('' = $ROS_HOME/pump_rig/<namespace>/dose_journal.jsonl). "
-            "Remove it and its .id file to start a new ledger on purpose",
+            "Dose journal file ('' = $ROS_HOME/pump_rig/domain<ROS domain>/<namespace>/"
+            "dose_journal.jsonl). Held by one controller at a time",
             read_only=True,
+        ),
+        ParamSpec(
+            "journal_on_start",
+            "resume",
+            "'resume': go on with the ledger the journal holds (announced at start and in the "
+            "dose status); 'new': keep an existing journal as a dated copy and start a new "
+            "ledger (demos and mock runs)",
+            read_only=True,
+            validator=_ledger_choice,
         ),
         ParamSpec(
             "journal_bucket_s",
@@ -184,9 +198,9 @@ class DosingController(Node):
             max_volume_per_command_ul=float(self.params.get("max_volume_per_command_ul")),
             device_resolution_ul=float(self.params.get("device_resolution_ul")),
         )
-        self.journal_path = Path(
-            str(self.params.get("journal_path")) or default_journal_path(self.get_namespace())
-        )
+        self.journal_path, self._journal_lock = self._lock_journal()
+        self._new_ledger = self.params.get("journal_on_start") == "new"
+        self.ledger = ""  # what the dose status says about the ledger, once it is open
         # Created at the first tick with valid ROS time (with sim time, time is 0 until /clock).
         self._engine: TherapyEngine | None = None
         self._early_alarms: list[Alarm] = []  # heard before ROS time was valid
@@ -213,6 +227,31 @@ class DosingController(Node):
         self.create_timer(float(self.params.get("control_period_s")), self._tick)
         self.get_logger().info(f"dose journal: {self.journal_path}")
 
+    def _lock_journal(self) -> tuple[Path, OwnerLock]:
+        """The journal's path and its lock, held from now until close(): a second rig on the
+        same ledger is refused here, before it publishes anything."""
+        namespace, domain = self.get_namespace(), self.context.get_domain_id()
+        given = str(self.params.get("journal_path"))
+        path = Path(given) if given else default_journal_path(namespace, domain)
+        legacy = legacy_journal_path(namespace)
+        if (
+            not given
+            and self.params.get("journal_on_start") == "resume"
+            and legacy.exists()
+            and not path.exists()
+        ):
+            raise ValueError(
+                f"a dose journal from an earlier pump_rig is at {legacy}; move it (with its "
+                f".id and .hwm files) to {path.parent}/ to resume it, or set journal_path"
+            )
+        owner = {"namespace": namespace, "domain": domain, "node": self.get_fully_qualified_name()}
+        try:
+            return path, OwnerLock.acquire(path, f"dose journal {path}", owner)
+        except LockHeldError as exc:
+            raise ValueError(
+                f"{exc}: stop that rig first, or give this one another namespace or ROS domain"
+            ) from None
+
     @property
     def engine(self) -> TherapyEngine:
         if self._engine is None:
@@ -222,7 +261,8 @@ class DosingController(Node):
     @property
     def started(self) -> bool:
         if self._engine is None and clock_valid(self):
-            self._engine = self._open_engine()
+            self._engine = self._open_engine(new_ledger=self._new_ledger)
+            self._announce_ledger(self._engine)
             program = self._engine.program
             if program is not None:
                 self.get_logger().info(f"program: {program.summary()}")
@@ -234,7 +274,9 @@ class DosingController(Node):
             self._flush_alarms()
         return self._engine is not None
 
-    def _open_engine(self, confirm_rollback: str = "") -> TherapyEngine:
+    def _open_engine(
+        self, confirm_rollback: str = "", *, new_ledger: bool = False
+    ) -> TherapyEngine:
         return TherapyEngine.open(
             t_s=now_s(self),
             library=self.library,
@@ -242,6 +284,27 @@ class DosingController(Node):
             config=self._config,
             initial_program=self._program_at_start,
             confirm_rollback=confirm_rollback,
+            journal_lock=self._journal_lock,
+            new_ledger=new_ledger,
+        )
+
+    def _announce_ledger(self, engine: TherapyEngine) -> None:
+        """Say loudly which ledger doses: a resumed one carries a dose history (and maybe a
+        program) from an earlier run."""
+        log = self.get_logger()
+        if engine.resumed_records:
+            program = engine.program
+            self.ledger = (
+                f"resumed {self.journal_path} ({engine.resumed_records} records"
+                + (f", program {program.name}" if program is not None else "")
+                + ")"
+            )
+            log.warning(f"dose ledger {self.ledger}; journal_on_start:=new starts a new one")
+            return
+        self.ledger = f"new {self.journal_path}"
+        kept = engine.archived_journal
+        log.info(
+            f"dose ledger {self.ledger}" + (f" (the previous one kept as {kept})" if kept else "")
         )
 
     def _load_library(self) -> DrugLibrary:
@@ -494,6 +557,7 @@ class DosingController(Node):
             days_to_refill=snap.days_to_refill,
             active_bolus=snap.active_bolus,
             detail=snap.detail,
+            ledger=self.ledger,
         )
         if snap.next_refill_s is not None:
             msg.next_refill = s_to_stamp(snap.next_refill_s)
@@ -521,9 +585,11 @@ class DosingController(Node):
         )
 
     def close(self) -> None:
-        """Journal the last delivery bucket (a clean shutdown loses nothing)."""
+        """Journal the last delivery bucket (a clean shutdown loses nothing), then let the
+        journal go."""
         if self._engine is not None:
             self._engine.close()
+        self._journal_lock.release()
 
 
 def main(args: list[str] | None = None) -> None:

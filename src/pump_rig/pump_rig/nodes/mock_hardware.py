@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
+from pump_rig.core.rig_files import default_port_link
 from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.backends import BACKENDS, EmulatorOptions, find_backend
@@ -117,11 +117,6 @@ def not_before_s(stamp: TimeMsg) -> float:
     while round(t_s * 1e9) < target_ns:
         t_s = math.nextafter(t_s, math.inf)
     return t_s
-
-
-def default_port_link(namespace: str) -> str:
-    name = namespace.strip("/").replace("/", "_") or "root"
-    return str(Path(tempfile.gettempdir()) / "pump_rig" / name / "pump")
 
 
 class MockHardware(Node):
@@ -232,7 +227,9 @@ class MockHardware(Node):
                 ParamSpec(
                     "port_link",
                     "",
-                    "Path made a symlink to the emulated pump's pty ('' = /tmp/pump_rig/<ns>/pump)",
+                    "Path made a symlink to the emulated pump's pty ('' = <runtime dir>/"
+                    "domain<ROS domain>/<ns>/pump, the runtime dir being $XDG_RUNTIME_DIR/"
+                    "pump_rig or /tmp/pump_rig-<uid>); one emulator holds it at a time",
                     read_only=True,
                 ),
                 ParamSpec(
@@ -290,15 +287,24 @@ class MockHardware(Node):
                 t0_s=t0,
             )
         )
-        link = str(self.params.get("port_link")) or default_port_link(self.get_namespace())
-        Path(link).parent.mkdir(parents=True, exist_ok=True)
+        namespace, domain = self.get_namespace(), self.context.get_domain_id()
+        link = Path(str(self.params.get("port_link")) or default_port_link(namespace, domain))
+        link.parent.mkdir(parents=True, exist_ok=True)
         device: ByteDevice = (
             _EventReportingDevice(self.emulator, self._report_pump_event)
             if self.clock.slows_for_events
             else self.emulator
         )
         self.device = PtySerialDevice(
-            device, self.clock.now_s, lock=self._lock, link_path=Path(link)
+            device,
+            self.clock.now_s,
+            lock=self._lock,
+            link_path=link,
+            link_owner={
+                "namespace": namespace,
+                "domain": domain,
+                "node": self.get_fully_qualified_name(),
+            },
         )
         self.device.start()
 

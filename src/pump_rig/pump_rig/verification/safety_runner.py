@@ -1084,6 +1084,7 @@ class _Harness:
         self._fork()  # the twin: this engine, had it not restarted now
         real = self._engine()
         if event.crash:
+            real.drop()  # what it journaled stays; its process (and its lock) is gone
             self.result.restarts_crash += 1
             self.crashes.append(self.t)
         else:
