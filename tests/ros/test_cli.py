@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pump_rig.core.dose_journal import DoseJournal
 from pump_rig.core.program import default_drug_library, load_program_file
 from pump_rig.core.therapy_engine import TherapyEngine
 from tests.ros.conftest import PROGRAM, REPO, unique_namespace
@@ -199,3 +200,58 @@ def test_a_rolled_back_journal_doses_only_after_an_operator_accepts_the_loss(
         held = pumprig("-n", ns, "bolus")
         assert held.returncode != 0 and "journal lost records" in held.stderr, held.stderr
     assert "restored from backup" in journal.read_text(encoding="utf-8")
+
+
+def _small_journal(path: Path) -> None:
+    engine = TherapyEngine.open(
+        t_s=time.time(),
+        library=default_drug_library(),
+        journal_path=path,
+        initial_program=load_program_file(FLEX_PROGRAM),
+    )
+    engine.on_device_volume(time.time(), 0.0)
+    engine.command(time.time())
+    engine.on_device_volume(time.time() + 3600.0, 24.0)  # 24 µL of baclofen 500 µg/mL
+    engine.close()
+
+
+def test_journal_show_verify_and_reset_work_on_disk_and_never_delete(tmp_path: Path) -> None:
+    journal = tmp_path / "dose_journal.jsonl"
+    _small_journal(journal)
+    shown = pumprig("journal", "show", "--file", str(journal))
+    assert shown.returncode == 0, shown.stderr
+    assert "program        baclofen-flex (baclofen 500 µg/mL)" in shown.stdout
+    assert "24.000 µL, 12.000 µg in all" in shown.stdout
+    assert "held           not in use" in shown.stdout
+    verified = pumprig("journal", "verify", "--file", str(journal))
+    assert verified.returncode == 0 and "intact (3 records" in verified.stdout
+    # While a controller holds it, reset is refused naming the holder; show still reads it.
+    holder = DoseJournal.open(journal, t_s=time.time(), owner={"namespace": "/rig", "domain": 0})
+    try:
+        refused = one_line_error(pumprig("journal", "reset", "--file", str(journal)))
+        assert f"is in use by pid {os.getpid()}" in refused and "stop that rig" in refused
+        assert (
+            f"in use by pid {os.getpid()}"
+            in pumprig("journal", "show", "--file", str(journal)).stdout
+        )
+    finally:
+        holder[0].close()
+    before = journal.read_bytes()
+    reset = pumprig("journal", "reset", "--file", str(journal))
+    assert reset.returncode == 0, reset.stderr
+    kept = Path(reset.stdout.split("kept as ", 1)[1].split(" ", 1)[0])
+    assert kept.read_bytes() == before and not journal.exists()
+    gone = one_line_error(pumprig("journal", "verify", "--file", str(journal)))
+    assert gone == f"pumprig journal: error: dose journal {journal}: no such journal"
+
+
+def test_journal_verify_names_the_damage_in_one_line(tmp_path: Path) -> None:
+    journal = tmp_path / "dose_journal.jsonl"
+    _small_journal(journal)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]))  # the last whole record lost
+    line = one_line_error(pumprig("journal", "verify", "--file", str(journal)))
+    assert "rolled back: it ends at record 2 but record 3 was written" in line
+    damaged = journal.read_bytes().replace(b'"k":"baseline"', b'"k":"basEline"')
+    journal.write_bytes(damaged)
+    assert "checksum mismatch" in one_line_error(pumprig("journal", "show", "--file", str(journal)))

@@ -183,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a journal that lost its last records (dosing is refused until then)",
     )
     accept.add_argument("--reason", required=True, help="why the loss is accepted (journaled)")
+    for action, text in (
+        ("show", "what the journal holds: records, program, delivered dose, who holds it"),
+        ("verify", "check checksums, numbering, id and high-water mark (exit 1 if damaged)"),
+        ("reset", "keep the journal as a dated copy so the next start begins a new ledger"),
+    ):
+        offline = journal_sub.add_parser(action, help=text)
+        offline.add_argument(
+            "--file",
+            type=Path,
+            metavar="JOURNAL",
+            help="the journal (default: the rig's, $ROS_HOME/pump_rig/domain<ROS_DOMAIN_ID>/"
+            "<namespace>/dose_journal.jsonl)",
+        )
 
     fault = sub.add_parser("fault", help="inject or clear mock-hardware faults")
     fault_sub = fault.add_subparsers(dest="fault_command", required=True, metavar="ACTION")
@@ -350,6 +363,20 @@ def cmd_refill(args: argparse.Namespace) -> None:
 
 
 def cmd_journal(args: argparse.Namespace) -> None:
+    if args.journal_command != "accept-rollback":
+        from pump_rig.cli import journal
+
+        path = journal.journal_path(args.namespace, args.file)
+        try:
+            if args.journal_command == "show":
+                print("\n".join(journal.show_lines(path)))
+            elif args.journal_command == "verify":
+                print(journal.verify_line(path))
+            else:
+                print(journal.reset_line(path))
+        except journal.JournalCommandError as exc:
+            raise CliError(str(exc)) from None
+        return
     from pump_rig_interfaces.srv import AcceptJournalRollback
 
     if not args.reason.strip():

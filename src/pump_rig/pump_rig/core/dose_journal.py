@@ -274,6 +274,27 @@ class DoseJournal:
             journal._write_mark(len(lines) - 1, lines[-1], t_s)
         return journal, records
 
+    @classmethod
+    def read(cls, path: Path) -> list[dict[str, Any]]:
+        """Every record, header first, without opening the journal for writing (no lock):
+        what ``pumprig journal show`` and ``verify`` read. Raises :class:`JournalError` for
+        a damaged, foreign, missing or rolled-back journal, as :meth:`open` would."""
+        if not path.exists():
+            if _id_path(path).exists():
+                raise JournalMissingError(path, 0, f"missing, but {_id_path(path).name} exists")
+            raise JournalError(path, 0, "no such journal")
+        records, lines = cls._read(path)
+        if _id_path(path).exists():
+            expected = _id_path(path).read_text(encoding="utf-8").strip()
+            if expected != records[0].get("id"):
+                raise JournalError(
+                    path, 1, f"journal id {records[0].get('id')!r} is not this rig's ({expected!r})"
+                )
+        rollback = cls._check_mark(path, lines)
+        if rollback is not None:
+            raise rollback
+        return records
+
     @staticmethod
     def _check_mark(path: Path, lines: list[str]) -> JournalRollbackError | None:
         try:

@@ -466,6 +466,22 @@ class TherapyEngine:
             self._journal.close()
             self._journal = None  # closed for good: nothing more is journaled
 
+    @classmethod
+    def replay(
+        cls,
+        records: list[dict[str, Any]],
+        *,
+        t_s: float,
+        library: DrugLibrary,
+        config: EngineConfig | None = None,
+    ) -> TherapyEngine:
+        """An engine rebuilt in memory from a journal's records (after its header), as a
+        restarted controller would rebuild it, to look at; it journals nothing."""
+        engine = cls(t_s=t_s, library=library, config=config)
+        engine._restore(records)
+        engine.resumed_records = len(records)
+        return engine
+
     def drop(self) -> None:
         """Let go of the journal as a crash would: nothing more is written, the file is
         closed and its lock released (how tests and the safety harness crash an engine)."""
