@@ -61,11 +61,17 @@ def _nodes(context: LaunchContext) -> list[Node]:
     config = arg("config")
     common = {"use_sim_time": sim}
 
+    # Each rig's simulated time is its own: /clock lives in the rig's namespace (the mock
+    # publishes it there, the other nodes listen there), so a second accelerated rig in the
+    # same ROS domain cannot drive this one's clock.
+    clock = [("/clock", f"/{namespace}/clock")] if namespace else []
+
     def node(executable: str, *overrides: dict[str, object], **kwargs: object) -> Node:
         return Node(
             package="pump_rig",
             executable=executable,
             namespace=namespace,
+            remappings=clock,
             parameters=[config, *overrides],
             output="screen",
             emulate_tty=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -312,3 +313,37 @@ def test_a_journal_left_at_the_old_domain_blind_place_is_not_silently_replaced(
     with pytest.raises(ValueError, match=rf"a dose journal from an earlier pump_rig is at {old}"):
         Stack(StackOptions(namespace=namespace, speed=SPEED))
     assert old.read_text() == "(an earlier release's ledger)\n"
+
+
+def test_two_accelerated_rigs_in_one_domain_keep_their_own_simulated_time(
+    tmp_path: Any, namespace: str, probe: Probe
+) -> None:
+    """A rig at x60 and another at x600 in the same ROS domain. Each rig's /clock lives in
+    its namespace, so each keeps its own simulated time: the x60 rig's nodes see x60 time,
+    it raises no alarm, and it doses on. Before, both mocks published the global /clock and
+    drove each other's sim time into SENSOR_FAULT and an estop."""
+    other = namespace + "_b"
+
+    def stack(ns: str, speed: float, link: str) -> Stack:
+        extra = {"mock_hardware": [Parameter("port_link", Parameter.Type.STRING, link)]}
+        made = Stack(StackOptions(namespace=ns, speed=speed, program=PROGRAM, extra=extra))
+        made.start()
+        return made
+
+    slow = stack(namespace, SPEED, str(tmp_path / "a"))
+    fast = stack(other, 10 * SPEED, str(tmp_path / "b"))
+    try:
+        running(probe)
+        alarms = probe.watch("alarms")
+        controller = slow.node("dosing_controller")
+        clock = controller.get_clock()
+        t0_sim, t0_wall = clock.now().nanoseconds * 1e-9, time.monotonic()
+        probe.wait_for(lambda: time.monotonic() - t0_wall > 3.0 and True, what="3 wall s")
+        ratio = (clock.now().nanoseconds * 1e-9 - t0_sim) / (time.monotonic() - t0_wall)
+        assert 20.0 < ratio < 90.0  # ~x60 (less while the clock waits on events), not x600
+        assert fast.sim_now_s() - slow.sim_now_s() > 0.0  # the x600 rig is ahead: two times
+        assert not [a for a in alarms if a.active], [f"{a.code}: {a.message}" for a in alarms]
+        assert last(probe.watch("pump/state")).state == PumpState.RUNNING
+    finally:
+        fast.shutdown()
+        slow.shutdown()

@@ -42,6 +42,15 @@ def default_config() -> Path:
     return package_share() / "config" / "mock.yaml"
 
 
+def private_clock_args(namespace: str) -> list[str]:
+    """Remap /clock into the rig's namespace for every node of the rig (the mock publishes
+    it, the others listen): two accelerated rigs in one ROS domain then keep their own
+    simulated time instead of driving each other's. A rig in the root namespace keeps
+    /clock."""
+    ns = "/" + namespace.strip("/")
+    return [] if ns == "/" else ["-r", f"/clock:={ns}/clock"]
+
+
 @dataclass
 class StackOptions:
     namespace: str = "/rig"
@@ -69,7 +78,12 @@ class Stack:
         config = options.config or default_config()
         if not config.is_file():
             raise ValueError(f"config file {config} not found")
-        self._cli_args = ["--ros-args", "--params-file", str(config)]
+        self._cli_args = [
+            "--ros-args",
+            "--params-file",
+            str(config),
+            *private_clock_args(options.namespace),
+        ]
         sim = options.speed is not None and options.speed != 1.0
         self._common = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if sim else []
         self.nodes: list[Node] = []
