@@ -255,3 +255,28 @@ def test_journal_verify_names_the_damage_in_one_line(tmp_path: Path) -> None:
     damaged = journal.read_bytes().replace(b'"k":"baseline"', b'"k":"basEline"')
     journal.write_bytes(damaged)
     assert "checksum mismatch" in one_line_error(pumprig("journal", "show", "--file", str(journal)))
+
+
+def test_a_ledger_moved_to_another_rigs_pump_counts_nothing_until_the_swap_is_confirmed(
+    tmp_path: Path,
+) -> None:
+    """Rig A's ledger, resumed by a controller whose port answers with rig B's emulated pump
+    (each emulator now has its own serial number): nothing of B's counter is booked and
+    nothing is dosed (critical DEVICE_CHANGED) until an operator confirms the swap with a
+    reason; then therapy waits for resume and doses on the new pump."""
+    journal = tmp_path / "dose_journal.jsonl"
+    with running_rig(PROGRAM, tmp_path, "--journal", str(journal)) as ns:
+        wait_for_status(ns, "therapy        RUNNING")
+    with running_rig(PROGRAM, tmp_path, "--journal", str(journal), "--resume") as ns:
+        status = wait_for_status(ns, "DEVICE_CHANGED")
+        assert "therapy        ALARM" in status
+        assert pumprig("-n", ns, "bolus").returncode != 0  # denied: therapy in ALARM
+        no_reason = pumprig("-n", ns, "journal", "confirm-device", "--reason", " ")
+        assert "reason" in one_line_error(no_reason)
+        confirmed = pumprig("-n", ns, "journal", "confirm-device", "--reason", "pump B now")
+        assert confirmed.returncode == 0, confirmed.stderr
+        assert "device changed from" in confirmed.stdout and "pump B now" in confirmed.stdout
+        wait_for_status(ns, "therapy        SUSPENDED")
+        assert pumprig("-n", ns, "resume").returncode == 0
+        wait_for_status(ns, "therapy        RUNNING")
+    assert "pump B now" in journal.read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
+from pump_rig.core.rig_files import emulator_serial
 from pump_rig.drivers.backends import EmulatorOptions, find_backend
 from pump_rig.drivers.pty_device import PtySerialDevice
 
@@ -66,6 +67,7 @@ class EmulatedPump:
                 address=options.address,
                 safe_mode=options.safe_mode,
                 t0_s=t0,
+                serial_number=emulator_serial("OSP-EMU", "emulate", options.link or ""),
             )
         )
         options.link.parent.mkdir(parents=True, exist_ok=True)

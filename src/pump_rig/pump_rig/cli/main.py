@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a journal that lost its last records (dosing is refused until then)",
     )
     accept.add_argument("--reason", required=True, help="why the loss is accepted (journaled)")
+    confirm = journal_sub.add_parser(
+        "confirm-device",
+        help="confirm the pump now on the port replaces the one the ledger counts on",
+    )
+    confirm.add_argument("--reason", required=True, help="why the device changed (journaled)")
     for action, text in (
         ("show", "what the journal holds: records, program, delivered dose, who holds it"),
         ("verify", "check checksums, numbering, id and high-water mark (exit 1 if damaged)"),
@@ -363,6 +368,21 @@ def cmd_refill(args: argparse.Namespace) -> None:
 
 
 def cmd_journal(args: argparse.Namespace) -> None:
+    if args.journal_command == "confirm-device":
+        from pump_rig_interfaces.srv import ConfirmDeviceChange
+
+        if not args.reason.strip():
+            raise CliError("--reason: must say why the device changed")
+        answer = _call(
+            args,
+            ConfirmDeviceChange,
+            "dosing_controller/confirm_device_change",
+            ConfirmDeviceChange.Request(reason=args.reason),
+        )
+        if not answer.success:
+            raise CliError(answer.message)
+        print(answer.message)
+        return
     if args.journal_command != "accept-rollback":
         from pump_rig.cli import journal
 

@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Final
@@ -27,6 +28,7 @@ __all__ = [
     "OwnerLock",
     "default_journal_path",
     "default_port_link",
+    "emulator_serial",
     "legacy_journal_path",
     "rig_key",
     "ros_domain_id",
@@ -79,6 +81,13 @@ def default_port_link(
 ) -> Path:
     """Where the mock hardware links its emulated pump's pty."""
     return runtime_dir(environ) / rig_key(namespace, domain_id) / "pump"
+
+
+def emulator_serial(prefix: str, *parts: object) -> str:
+    """A serial number for an emulated pump, the same for the same rig (host, domain,
+    namespace, link) and different for another: ``<prefix>-<8 hex digits>``."""
+    key = "\0".join(str(p) for p in (socket.gethostname(), *parts))
+    return f"{prefix}-{zlib.crc32(key.encode()):08X}"
 
 
 def _ros_home(environ: Mapping[str, str]) -> Path:

@@ -71,6 +71,7 @@ JOURNAL_FAULT: Final = "JOURNAL_FAULT"
 REFILL_DISCREPANCY: Final = "REFILL_DISCREPANCY"
 INVALID_DEVICE_VOLUME: Final = "INVALID_DEVICE_VOLUME"
 VOLUME_COUNTER_RESET: Final = "VOLUME_COUNTER_RESET"
+DEVICE_CHANGED: Final = "DEVICE_CHANGED"
 CORE_ALARM_CODES: Final = frozenset(
     {
         LOW_RESERVOIR,
@@ -81,6 +82,7 @@ CORE_ALARM_CODES: Final = frozenset(
         REFILL_DISCREPANCY,
         INVALID_DEVICE_VOLUME,
         VOLUME_COUNTER_RESET,
+        DEVICE_CHANGED,
     }
 )
 # One-shot notices that clear_alarms forgets (the others follow their condition).
@@ -385,6 +387,10 @@ class TherapyEngine:
         # command this engine has issued.
         self._motion_unconfirmed = False
         self._commanded = False  # command() has been called since this engine was built
+        # The device this ledger counts volume on (model, firmware, serial; journaled), and
+        # another one answering on the port now: nothing is counted from it, nothing dosed.
+        self._device_id: str | None = None
+        self._other_device: str | None = None
         self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
         self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
         # The program of the drug a refill replaced, while a bridge delivers what of it is
@@ -827,6 +833,8 @@ class TherapyEngine:
             )
             return
         self._set_core_alarm(INVALID_DEVICE_VOLUME, AlarmSeverity.WARNING, False, "valid again")
+        if self._other_device is not None:
+            return  # another device's counter: not this ledger's volume
         baseline, since = self._baseline, self._baseline_t
         issued = self._issued
         if command_applied and issued is not None:
@@ -883,6 +891,63 @@ class TherapyEngine:
         if self._ledger.bucket_due(t_s):
             self._flush_bucket()
 
+    def on_device_identity(self, t_s: float, identity: str) -> None:
+        """Who answers on the port (``PumpState.device``: model, firmware, serial). The first
+        one is journaled as the device this ledger counts on. Another one is not counted:
+        no volume is booked from its counter and nothing is dosed (critical
+        ``DEVICE_CHANGED``) until an operator confirms the change
+        (:meth:`confirm_device_change`) or the ledger's own device answers again. An empty
+        identity (not known yet) is no evidence either way."""
+        self._advance(t_s)
+        identity = identity.strip()
+        if not identity:
+            return
+        if self._device_id is None:
+            self._device_id = identity
+            self._record("device", id=identity)
+            return
+        if identity == self._device_id:
+            if self._other_device is not None:
+                self._other_device = None
+                self._set_core_alarm(
+                    DEVICE_CHANGED,
+                    AlarmSeverity.CRITICAL,
+                    False,
+                    f"{identity}, the device this ledger counts on, answers again",
+                )
+            return
+        if identity != self._other_device:
+            self._other_device = identity
+            self._set_core_alarm(
+                DEVICE_CHANGED,
+                AlarmSeverity.CRITICAL,
+                True,
+                f"{identity} answers on the port, but this ledger counts {self._device_id}: "
+                "nothing is counted or dosed from it until an operator confirms the change",
+            )
+
+    def confirm_device_change(self, t_s: float, reason: str) -> str:
+        """The operator confirms the device now on the port replaces the ledger's (a pump
+        swapped on the bench), with the reason, which is journaled. Its counter is a new
+        baseline (what the old device pushed since its last report is unknown), and therapy
+        stays suspended until resumed."""
+        self._advance(t_s)
+        self._refuse_if_fault()
+        new, old = self._other_device, self._device_id
+        if new is None:
+            raise TherapyError(
+                f"the device on the port is the ledger's ({old}): nothing to confirm"
+            )
+        if not reason.strip():
+            raise TherapyError("reason: say why the device changed (it is journaled)")
+        self._device_id, self._other_device = new, None
+        self._baseline = None  # the new counter has nothing to do with the old one
+        self._run, self._bolus = False, None
+        self._why = f"device changed from {old} to {new} ({reason.strip()}): resume to restart"
+        self._record("device", id=new, previous=old, reason=reason.strip())
+        self._set_core_alarm(DEVICE_CHANGED, AlarmSeverity.CRITICAL, False, self._why)
+        return self._why
+
     def on_device_resolution(self, resolution_ul: float) -> None:
         """The device's own resolution (``PumpState.volume_resolution_ul``; 0 = not reported).
         A coarser device (a New Era pump counts four significant digits) completes boluses
@@ -900,7 +965,7 @@ class TherapyEngine:
 
     @property
     def state(self) -> TherapyState:
-        if self._latched is not None or self._fault is not None:
+        if self._latched is not None or self._fault is not None or self._other_device:
             return TherapyState.ALARM
         if self._program is None:
             return TherapyState.NO_PROGRAM
@@ -1629,6 +1694,11 @@ class TherapyEngine:
     def _stop_reason(self, state: TherapyState) -> str:
         if self._fault is not None:
             return f"dose journal fault: {self._fault}"
+        if self._other_device is not None and self._latched is None:
+            return (
+                f"alarm: {DEVICE_CHANGED}: {self._other_device} answers on the port, but this "
+                f"ledger counts {self._device_id}"
+            )
         return {
             TherapyState.ALARM: f"alarm: {self._latched}",
             TherapyState.NO_PROGRAM: "no program",
@@ -1677,6 +1747,7 @@ class TherapyEngine:
             "unsure": self._unsure_line.to_record() if self._unsure_line is not None else None,
             "bprog": self._bridge_program.to_yaml() if self._bridge_program else None,
             "hold": self._bolus_hold_until_s,
+            "device": self._device_id,
         }
 
     def _device_stopped(self) -> bool:
@@ -1757,6 +1828,8 @@ class TherapyEngine:
         self._bridge_program = self._parse_journaled(bridge_program) if bridge_program else None
         hold = s.get("hold")
         self._bolus_hold_until_s = float(hold) if hold is not None else None
+        device = s.get("device")  # records from before devices were journaled: not known
+        self._device_id = str(device) if device else None
 
     def _parse_journaled(self, text: str) -> TherapyProgram:
         return parse_program(

@@ -43,6 +43,9 @@ class EmulatorOptions:
     address: int = 0
     safe_mode: bool = False
     t0_s: float = 0.0  # the emulator's power-up time (simulation time)
+    # The serial number it reports, where its protocol has one ('' = the emulator's default):
+    # two emulated pumps must not look like one device to a controller.
+    serial_number: str = ""
 
 
 class DeviceEmulator(ByteDevice, Protocol):
@@ -78,9 +81,19 @@ def _open_stepper(options: DeviceOptions) -> PumpDevice:
 
 
 def _stepper_emulator(options: EmulatorOptions) -> DeviceEmulator:
-    from pump_rig.core.stepper_emulator import StepperEmulator
+    from dataclasses import replace
 
-    return StepperEmulator(options.pump, pressure_source=options.pressure_source, seed=options.seed)
+    from pump_rig.core.stepper_emulator import DEFAULT_IDENTITY, StepperEmulator
+
+    identity = DEFAULT_IDENTITY
+    if options.serial_number:
+        identity = replace(identity, serial=options.serial_number)
+    return StepperEmulator(
+        options.pump,
+        pressure_source=options.pressure_source,
+        seed=options.seed,
+        identity=identity,
+    )
 
 
 STEPPER = Backend(

@@ -17,6 +17,7 @@ from pump_rig_interfaces.msg import Alarm, DoseStatus, OcclusionStatus, PumpComm
 from pump_rig_interfaces.srv import (
     AcceptJournalRollback,
     ClinicianBolus,
+    ConfirmDeviceChange,
     Refill,
     RequestBolus,
     SetProgram,
@@ -224,6 +225,9 @@ class DosingController(Node):
         self.create_service(
             AcceptJournalRollback, "~/accept_journal_rollback", self._on_accept_rollback
         )
+        self.create_service(
+            ConfirmDeviceChange, "~/confirm_device_change", self._on_confirm_device_change
+        )
         self.create_timer(float(self.params.get("control_period_s")), self._tick)
         self.get_logger().info(f"dose journal: {self.journal_path}")
 
@@ -337,6 +341,8 @@ class DosingController(Node):
         if msg.state in (PumpState.DISCONNECTED,) or not self.started:
             return
         self.engine.on_device_resolution(msg.volume_resolution_ul)
+        # Who answers first: another pump's counter is not this ledger's volume.
+        self.engine.on_device_identity(stamp_to_s(msg.header.stamp) or now_s(self), msg.device)
         self.engine.on_device_volume(
             stamp_to_s(msg.header.stamp) or now_s(self),
             msg.delivered_volume_ul,
@@ -485,6 +491,21 @@ class DosingController(Node):
         self._tick()
         response.success = True
         response.message = "alarms cleared; therapy stays stopped until resume"
+        return response
+
+    def _on_confirm_device_change(
+        self, request: ConfirmDeviceChange.Request, response: ConfirmDeviceChange.Response
+    ) -> ConfirmDeviceChange.Response:
+        if self._refuse_before_start(response):
+            return response
+        try:
+            response.message = self.engine.confirm_device_change(now_s(self), request.reason)
+        except TherapyError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success = True
+        self.get_logger().warning(response.message)
+        self._tick()
         return response
 
     def _on_accept_rollback(

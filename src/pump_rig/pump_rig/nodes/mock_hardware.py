@@ -52,7 +52,7 @@ from pump_rig.core.bench_model import BenchModel, BenchParams
 from pump_rig.core.bench_session import BenchSession
 from pump_rig.core.faults import SERIAL_FAULTS, FaultKind
 from pump_rig.core.pump_types import PumpRunState
-from pump_rig.core.rig_files import default_port_link
+from pump_rig.core.rig_files import default_port_link, emulator_serial
 from pump_rig.core.sim_clock import EVENT_HOLD, SimClock
 from pump_rig.core.syringe_pump import PumpSnapshot
 from pump_rig.drivers.backends import BACKENDS, EmulatorOptions, find_backend
@@ -271,6 +271,8 @@ class MockHardware(Node):
         self.session = BenchSession(
             BenchModel(params, t0_s=t0), sample_period_s=sample_period_s, t0_s=t0
         )
+        namespace, domain = self.get_namespace(), self.context.get_domain_id()
+        link = Path(str(self.params.get("port_link")) or default_port_link(namespace, domain))
         backend = find_backend(str(self.params.get("backend")))
         self._pressure_on_device = self.params.get("pressure_output") == "device"
         if self._pressure_on_device and not backend.has_pressure_channel:
@@ -285,10 +287,9 @@ class MockHardware(Node):
                 address=int(self.params.get("address")),
                 safe_mode=bool(self.params.get("safe_mode")),
                 t0_s=t0,
+                serial_number=emulator_serial("OSP-EMU", domain, namespace, link),
             )
         )
-        namespace, domain = self.get_namespace(), self.context.get_domain_id()
-        link = Path(str(self.params.get("port_link")) or default_port_link(namespace, domain))
         link.parent.mkdir(parents=True, exist_ok=True)
         device: ByteDevice = (
             _EventReportingDevice(self.emulator, self._report_pump_event)
