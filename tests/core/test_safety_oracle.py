@@ -589,3 +589,90 @@ def test_under_delivery_is_required_only_for_what_the_command_asked() -> None:
     result = run_scenario(Scenario(setup, events))
     assert result.notes["under-delivery below the engine's tolerance"] == 1
     assert not result.violations, [str(v) for v in result.violations]
+
+
+def test_a_lower_limit_set_while_a_stop_is_on_its_way_holds_once_the_stop_arrives() -> None:
+    """Seed 13813, shrunk: a suspend sends a stop (41.8 s of latency), then a program with a
+    lower maximum than the 24 h dose is accepted; nothing new is sent. The bridge command
+    running meanwhile delivers until the stop arrives, which no engine could prevent: the
+    harness had put the new limit in force at once and called that delivery 1.85 x over."""
+    fentanyl = ProgramSpec(name="p1", drug="fentanyl", daily_dose_ug=120.0, volume_ul=28100.0)
+    lower = ProgramSpec(
+        name="p7",
+        drug="fentanyl",
+        daily_dose_ug=0.0,
+        groups=(DayGroup(days=("all",), steps=(("00:00", 2.575), ("11:30", 3.316))),),
+        max_daily_dose_ug=318.7,
+        bolus=BolusSpec(dose_ug=39.3, duration_min=64.0, lockout_min=94.0, max_per_24h=6),
+        utc_offset_h=-3.5,
+        volume_ul=23700.0,
+    )
+    setup = Setup(
+        days=0.9055555555555556,
+        resolution_ul=0.013,
+        resolution_source="config",
+        latency_s=41.8,
+        latency_per_command=False,
+        report_s=85.4,
+        jitter=0.3,
+        dead_volume_ul=308.0,
+        line_primed=True,
+        bucket_s=900.0,
+        under_delivery_tolerance_ul=0.5,
+        counter_start_steps=0,
+        concentration=707.0,
+        first_program=fentanyl,
+        rng_seed=1249752047,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        ClinicianBolus(at_s=3600.0, kind="clinician", dose_ug=381.0, duration_min=94.0),
+        Restart(at_s=7200.0, crash=True),
+        Refill(at_s=72000.0, volume_ul=25200.0, drug="fentanyl", concentration=50.0, bridge=True),
+        Suspend(at_s=78180.0),
+        SetProgram(at_s=78180.0, program=lower),
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.restarts_crash == 1
+    assert not result.violations, [str(v) for v in result.violations]
+    assert result.max_fraction < 1.0
+
+
+def test_a_crash_twin_whose_bolus_progress_counts_commands_not_run_is_no_reference() -> None:
+    """Seed 3543, shrunk: a crash two minutes into a 59 min patient bolus. The restarted
+    engine credits the bolus by the commands the device ran and finishes it; the twin, whose
+    commands the device never ran, still has 1.8 µL of it to come an hour later and refuses a
+    clinician bolus for that. No reference: the oracle judges what was delivered."""
+    hydromorphone = ProgramSpec(
+        name="p1",
+        drug="hydromorphone",
+        daily_dose_ug=7817.0,
+        bolus=BolusSpec(dose_ug=682.0, duration_min=59.0, lockout_min=299.0, max_per_24h=3),
+        volume_ul=25400.0,
+    )
+    setup = Setup(
+        days=0.3784722222222222,
+        resolution_ul=0.0046,
+        resolution_source="device",
+        latency_s=0.0,
+        latency_per_command=True,
+        report_s=52.0,
+        jitter=0.0,
+        dead_volume_ul=487.0,
+        line_primed=True,
+        bucket_s=900.0,
+        under_delivery_tolerance_ul=0.5,
+        counter_start_steps=0,
+        concentration=4030.0,
+        first_program=hydromorphone,
+        rng_seed=1562982019,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        Refill(at_s=14760.0, volume_ul=33700.0, drug="hydromorphone", concentration=1000.0),
+        ClinicianBolus(at_s=17100.0, kind="bridge"),
+        PatientBolus(at_s=29040.0, request_id=""),
+        Restart(at_s=29160.0, crash=True),
+        ClinicianBolus(at_s=32640.0, kind="clinician", dose_ug=517.0, duration_min=64.0),
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.notes["crash twin dropped: its bolus progress counts commands not run"] == 1
+    assert not result.violations, [str(v) for v in result.violations]

@@ -151,6 +151,7 @@ TAG_TINY_BUDGET: Final = 2
 
 _REL: Final = 1e-9
 _TWIN_UNCOMMANDED_ALARM: Final = "crash twin dropped: it alarmed on delivery it did not command"
+_TWIN_UNCOMMANDED_BOLUS: Final = "crash twin dropped: its bolus progress counts commands not run"
 _TWIN_HOURS: Final = 30.0  # a restart is compared this long (the 24 h window has turned over)
 _UNDER_RATIO: Final = 0.9
 _UNDER_AFTER_S: Final = 600.0
@@ -743,6 +744,12 @@ class _Harness:
     def _compare_decision(self, what: str, real_refusal: str, twin_refusal: str | None) -> None:
         if twin_refusal is None or self.mode == "off":
             return
+        if self.twin_uncommanded and twin_refusal.startswith("a bolus is in progress"):
+            # Which bolus volume is still to come the twin credits by the commands it thinks
+            # the device runs; after a crash the device ran others: no reference.
+            self.result.notes[_TWIN_UNCOMMANDED_BOLUS] += 1
+            self._drop_twin()
+            return
         if (real_refusal == "") != (twin_refusal == ""):
             real = "accepted" if not real_refusal else f"refused ({real_refusal})"
             twin = "accepted" if not twin_refusal else f"refused ({twin_refusal})"
@@ -969,8 +976,16 @@ class _Harness:
             self._accepted_program(program)
             after_serial = self.serial
             self._issue()
-            if self.serial == after_serial:  # nothing to re-send: the new limit holds now
-                self._resolve_pending_limits()
+            if self.serial == after_serial:
+                # Nothing new to send: the command the engine wants is the one it last sent.
+                # The new limit holds once the device runs it (now, unless it is still on its
+                # way: until then the one before delivers, which no engine could stop).
+                running = self.device.command
+                if running is not None and running.serial >= self.serial:
+                    self._resolve_pending_limits()
+                else:
+                    for pending in self.pending_limits:
+                        pending.after_serial = self.serial - 1
             return
         if must_refuse:
             self.result.invalid_programs += 1
