@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import rclpy
@@ -65,6 +66,35 @@ def test_invalid_values_at_start_fail_loudly() -> None:
         )
         with pytest.raises(ValueError, match="timeout_s"):
             ParamSet(n, [ParamSpec("timeout_s", 5.0, "Watchdog", validator=positive)])
+        n.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_a_misspelt_parameter_is_refused_with_the_closest_name_and_nothing_starts(
+    tmp_path: Path,
+) -> None:
+    """`max_rate_ul_per_hr` in a params file used to be ignored, leaving the safety limit at
+    its default. The node refuses to start, in one line naming the closest known name; ROS's
+    own parameters (use_sim_time, QoS overrides) stay accepted."""
+    params = tmp_path / "rig.yaml"
+    params.write_text(
+        "/**/motor_driver:\n"
+        "  ros__parameters:\n"
+        "    use_sim_time: false\n"
+        "    qos_overrides./rig/pump/state.publisher.depth: 10\n"
+        "    max_rate_ul_per_hr: 50.0\n"
+    )
+    context = Context()
+    rclpy.init(context=context, args=["--ros-args", "--params-file", str(params)])
+    try:
+        n = Node("motor_driver", namespace="/rig", context=context)
+        with pytest.raises(ValueError) as refused:
+            ParamSet(n, [ParamSpec("max_rate_ul_per_h", 1000.0, "Highest rate", 0.0, 1e5)])
+        assert str(refused.value) == (
+            "motor_driver: unknown parameter 'max_rate_ul_per_hr' "
+            "(did you mean 'max_rate_ul_per_h'?)"
+        )
         n.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)

@@ -7,6 +7,7 @@ half-applied.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 Validator = Callable[[Any], str | None]
+
+# Parameters ROS itself reads from a params file for any node (QoS overrides).
+_ROS_OWNED_PREFIXES = ("qos_overrides.",)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,28 @@ class ParamSet:
         ]
         if problems:
             raise ValueError(f"{node.get_name()}: invalid parameters: " + "; ".join(problems))
+        self._refuse_unknown(node)
         node.add_on_set_parameters_callback(self._validate)
+
+    def _refuse_unknown(self, node: Node) -> None:
+        """A value given for a parameter this node does not have (a misspelt
+        ``max_rate_ul_per_hr``) would leave the real one at its default, a safety limit
+        included: refuse to start, naming the closest known name. rclpy keeps the values from
+        params files and ``-p`` in ``Node._parameter_overrides`` (there is no public accessor)."""
+        given: dict[str, Any] = getattr(node, "_parameter_overrides", {}) or {}
+        unknown = sorted(
+            name
+            for name in given
+            if not node.has_parameter(name) and not name.startswith(_ROS_OWNED_PREFIXES)
+        )
+        if not unknown:
+            return
+        known = sorted(self._specs)
+        described = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{node.get_name()}: unknown parameter {', '.join(described)}")
 
     def get(self, name: str) -> Any:
         return self._node.get_parameter(name).value
