@@ -756,6 +756,27 @@ def test_refused_refill_changes_nothing(
     assert engine.command(T0 + 1) is intent
 
 
+def test_a_withdrawn_volume_the_reservoir_cannot_hold_is_refused() -> None:
+    """`refill --withdrawn 50000` on a 20000 µL reservoir was accepted with a warning: more
+    than the reservoir holds was never in it (a typo, a unit), so it is refused, naming both
+    figures, and nothing changes."""
+    engine = running_engine()
+    intent = engine.command(T0)
+    with pytest.raises(TherapyError) as refused:
+        engine.refill(
+            T0 + 1,
+            volume_ul=15000.0,
+            drug="baclofen",
+            concentration_ug_per_ml=500.0,
+            withdrawn_ul=50000.0,
+        )
+    assert str(refused.value) == (
+        "withdrawn_ul: 50000 µL is more than the reservoir holds (20000 µL)"
+    )
+    assert engine.snapshot(T0 + 1).reservoir_volume_ul == 18000.0
+    assert engine.command(T0 + 1) is intent
+
+
 def test_refill_with_another_drug_needs_a_program_for_it() -> None:
     engine = running_engine()
     engine.suspend(T0 + 1)

@@ -280,3 +280,12 @@ def test_a_ledger_moved_to_another_rigs_pump_counts_nothing_until_the_swap_is_co
         assert pumprig("-n", ns, "resume").returncode == 0
         wait_for_status(ns, "therapy        RUNNING")
     assert "pump B now" in journal.read_text(encoding="utf-8")
+
+
+def test_a_demo_faster_than_it_can_follow_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """`pumprig demo --speed 1000000` used to exit 0 having delivered nothing and never
+    injected its fault. It is refused in one line naming the fastest speed that works."""
+    result = pumprig("demo", "--speed", "1000000", "--runs", str(tmp_path / "runs"))
+    line = one_line_error(result)
+    assert line.startswith("pumprig demo: error: --speed 1e+06: at most x43200 for a fault 12 h")
+    assert not (tmp_path / "runs").exists()

@@ -19,10 +19,32 @@ DEMO_PROGRAM = "config/programs/baclofen_constant.yaml"
 PROGRESS_EVERY_H = 3.0
 
 
+# The demo watches the simulated clock from wall time (the mock publishes it every 50 ms):
+# one look must not cover more than this share of the time from the fault to the end.
+_WALL_STEP_S = 0.05
+_MAX_STEP_SHARE = 0.05
+
+
+class DemoError(ValueError):
+    """The demo could not show what it is for (one line, exit non-zero)."""
+
+
+def max_speed(hours: float, fault_at_h: float) -> float:
+    """The fastest speed at which the fault still lands and the line's response is seen."""
+    return _MAX_STEP_SHARE * (hours - fault_at_h) * 3600.0 / _WALL_STEP_S
+
+
 def run_demo(args: argparse.Namespace) -> None:
     fault = FaultKind.parse(args.fault)
     if args.fault_at >= args.hours:
         raise ValueError(f"--fault-at {args.fault_at:g} h is not before the end ({args.hours:g} h)")
+    fastest = max_speed(args.hours, args.fault_at)
+    if args.speed > fastest:
+        before_end_h = args.hours - args.fault_at
+        raise DemoError(
+            f"--speed {args.speed:g}: at most x{fastest:.0f} for a fault {before_end_h:g} h "
+            "before the end (the demo follows the simulated clock every 50 ms of wall time)"
+        )
     bag = Path(args.runs) / time.strftime("demo_%Y%m%d_%H%M%S")
     program = package_share() / DEMO_PROGRAM
     print(
@@ -70,7 +92,13 @@ def run_demo(args: argparse.Namespace) -> None:
             client.close()
         stack.shutdown()
     wall_s = time.monotonic() - wall0
+    if not injected:
+        raise DemoError(
+            f"the {fault.value} was never injected (the run ended first): lower --speed"
+        )
     report = read_report(bag)
+    if report.controller_delivered_ul <= 0.0:
+        raise DemoError(f"nothing was delivered in {args.hours:g} h (see pumprig report {bag})")
     print()
     print(format_report(report))
     print(

@@ -700,6 +700,12 @@ class TherapyEngine:
         problem = new_drug.check_concentration(concentration_ug_per_ml)
         if problem:
             raise TherapyError(f"concentration_ug_per_ml: {problem}")
+        if withdrawn_ul > program.reservoir_capacity_ul:
+            # More than the reservoir can hold was never in it: a typo, or the wrong unit.
+            raise TherapyError(
+                f"withdrawn_ul: {withdrawn_ul:g} µL is more than the reservoir holds "
+                f"({program.reservoir_capacity_ul:g} µL)"
+            )
         if volume_ul > program.reservoir_capacity_ul:
             raise TherapyError(
                 f"volume_ul: {volume_ul:g} µL is above the reservoir's capacity of "
