@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from pump_rig_interfaces.msg import PumpCommand, PumpState
+from pump_rig_interfaces.msg import EmergencyStop, PumpCommand, PumpState
 from pump_rig_interfaces.srv import InjectFault
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
@@ -293,3 +293,32 @@ def test_a_rig_without_a_separate_sensor_gets_pressure_from_the_pump_firmware(
     assert all(500.0 < p.fluid_pressure < 3000.0 for p in pressure)
     probe.wait_for(lambda: last(occlusion), what="the monitor judging the line")
     assert last(occlusion).state == 0  # OK: no sensor fault from a missing sensor
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_after_an_estop_the_state_is_the_pumps_at_once_and_never_a_stale_run(
+    make_stack: Callable[..., Stack], probe: Probe, backend: str
+) -> None:
+    """Estop engaged while the pump runs: the first ESTOPPED state already reports no flow
+    (the device was read after the stop was written), and released before the next poll the
+    driver does not report the stale RUNNING at the old rate while the pump stands still.
+    Before, ESTOPPED carried the old flow until the next poll and the release published
+    RUNNING at the old rate (20 of 20 trials)."""
+    stack = make_rig(make_stack, backend)
+    run_pump(probe, stack)
+    states = probe.watch("pump/state")
+    start = len(states)
+    probe.publish("estop", EmergencyStop(engaged=True, source="test", reason="drill"))
+    estopped = probe.wait_for(
+        lambda: next((s for s in states[start:] if s.state == PumpState.ESTOPPED), None),
+        what="ESTOPPED",
+    )
+    assert estopped.flow_rate_ul_per_h == 0.0
+    assert plunger(stack) is not PumpRunState.RUNNING
+    released = len(states)
+    probe.publish("estop", EmergencyStop(engaged=False, source="test", reason="drill over"))
+    stays_stopped(probe, stack, command(1), polls=3)  # the same command: no new sequence
+    after = states[released:]
+    assert after and all(
+        s.state != PumpState.RUNNING and s.flow_rate_ul_per_h == 0.0 for s in after
+    )

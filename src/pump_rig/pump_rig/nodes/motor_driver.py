@@ -105,6 +105,10 @@ class MotorDriver(LifecycleNode):
         self._active = False
         self._applied: _Run | None = None
         self._status: PumpStatus | None = None
+        # Commands written to the device, and how many of them the last status read followed:
+        # a status read before the latest write says nothing about the flow or state now.
+        self._writes = 0
+        self._status_writes = 0
         self._fault_state = PumpState.DISCONNECTED  # what to report while not connected
         self._stall_sequence: int | None = None  # MOTOR_STALL holds until a newer command
         self._hour_trip_sequence: int | None = None  # DOSE_LIMIT holds likewise
@@ -340,7 +344,8 @@ class MotorDriver(LifecycleNode):
             if trip is not None and msg.sequence > trip and self.hourly.budget_ul(now_s(self)) > 0:
                 self._hour_trip_sequence = None
                 self._set_condition(DOSE_LIMIT, False, Severity.CRITICAL, "new command")
-        self._apply()
+        if self._apply():
+            self._read_status()
 
     def _on_estop(self, msg: EmergencyStop) -> None:
         self.policy.on_estop(msg.engaged, f"{msg.source}: {msg.reason}")
@@ -350,8 +355,9 @@ class MotorDriver(LifecycleNode):
             Severity.CRITICAL,
             f"emergency stop from {msg.source}: {msg.reason}",
         )
-        # Act now, not at the next poll.
-        self._apply()
+        # Act now, not at the next poll, and report what the device says after it.
+        if self._apply():
+            self._read_status()
         self._publish_state()
 
     # -- control ----------------------------------------------------------------------------
@@ -381,16 +387,19 @@ class MotorDriver(LifecycleNode):
             return replace(target, running=False, reason="hourly volume cap reached")
         return target
 
-    def _apply(self) -> None:
+    def _apply(self) -> bool:
+        """Bring the device to the target; True when anything was written to it."""
         device = self._device
         if device is None:
-            return
+            return False
         target = self._target()
         previous = self._applied
+        writes = self._writes
         try:
             if not target.running:
                 device_running = self._status is not None and self._status.running
                 if previous is None or previous.target.running or device_running:
+                    self._writes += 1
                     device.stop()
                 self._applied = _Run(target, 0.0)
             elif (
@@ -399,9 +408,11 @@ class MotorDriver(LifecycleNode):
                 and _same_run(previous.target, target)
             ):
                 if previous.target.rate_ul_per_h != target.rate_ul_per_h:
+                    self._writes += 1
                     device.set_rate(target.rate_ul_per_h)
                 self._applied = replace(previous, target=target)
             else:
+                self._writes += 1
                 device.stop()
                 asked = target.volume_limit_ul
                 if target.stop_at_delivered_ul > 0.0:
@@ -410,7 +421,7 @@ class MotorDriver(LifecycleNode):
                     left = target.stop_at_delivered_ul - device.status().delivered_ul
                     if left <= 0.0:
                         self._applied = _Run(target, 0.0, 0.0)  # reached: it stays stopped
-                        return
+                        return True
                     asked = left if asked <= 0.0 else min(asked, left)
                 limit = self.hourly.device_limit_ul(now_s(self), target.rate_ul_per_h, asked)
                 device.set_direction(target.direction)
@@ -421,17 +432,19 @@ class MotorDriver(LifecycleNode):
         except DeviceError as exc:
             # Refused, garbled or unanswered: what the device now does is unknown.
             self._on_device_error(exc, "command not applied")
+        return self._writes != writes
 
     def _read_status(self) -> None:
         device = self._device
         if device is None:
             return
+        writes = self._writes
         try:
             status = device.status()
         except DeviceError as exc:
             self._on_device_error(exc, "status failed")
             return
-        self._status = status
+        self._status, self._status_writes = status, writes
         t_s = now_s(self)
         self.hourly.record(t_s, status.delivered_ul)
         self._publish_pressure(t_s, status)
@@ -463,7 +476,8 @@ class MotorDriver(LifecycleNode):
                 f"the pump infused {self.hourly.volume_ul(t_s):.3f} µL in the last hour: "
                 f"the driver's cap is {self.hourly.max_ul:g} µL per hour",
             )
-            self._apply()
+            if self._apply():
+                self._read_status()
 
     def _stopped_at_hourly_budget(self, status: PumpStatus) -> bool:
         run = self._applied
@@ -504,11 +518,13 @@ class MotorDriver(LifecycleNode):
         msg.last_sequence = self.policy.last_sequence
         msg.syringe_remaining_ul = math.nan  # unknown unless the device counts it
         status = self._status
+        # Flow and running only as the device reported them after the latest write to it.
+        running = status is not None and status.running and self._status_writes == self._writes
         if status is not None:
             msg.delivered_volume_ul = status.delivered_ul
             if status.remaining_ul is not None:
                 msg.syringe_remaining_ul = status.remaining_ul
-            msg.flow_rate_ul_per_h = status.rate_ul_per_h if status.running else 0.0
+            msg.flow_rate_ul_per_h = status.rate_ul_per_h if running else 0.0
             msg.volume_resolution_ul = status.resolution_ul
         target = self._target()
         if self._device is None:
@@ -519,7 +535,7 @@ class MotorDriver(LifecycleNode):
             msg.state, msg.detail = PumpState.ESTOPPED, target.reason
         elif self._stall_sequence is not None:
             msg.state, msg.detail = PumpState.STALLED, "plunger stalled"
-        elif status is not None and status.running:
+        elif running:
             msg.state, msg.detail = PumpState.RUNNING, ""
         else:
             msg.state, msg.detail = PumpState.IDLE, target.reason
