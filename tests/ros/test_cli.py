@@ -289,3 +289,24 @@ def test_a_demo_faster_than_it_can_follow_is_refused_and_writes_nothing(tmp_path
     line = one_line_error(result)
     assert line.startswith("pumprig demo: error: --speed 1e+06: at most x43200 for a fault 12 h")
     assert not (tmp_path / "runs").exists()
+
+
+def test_alarms_names_what_holds_therapy_even_once_its_source_has_cleared_it(
+    tmp_path: Path,
+) -> None:
+    """A motor stall latches therapy in ALARM; the driver's MOTOR_STALL ends with the next
+    command, after which `pumprig alarms` used to print "none active". It says what holds
+    therapy and how to release it; `--clear` says whether an estop was released."""
+    with running_rig(PROGRAM, tmp_path) as ns:
+        wait_for_status(ns, "therapy        RUNNING")
+        assert pumprig("-n", ns, "fault", "inject", "motor_stall").returncode == 0
+        wait_for_status(ns, "therapy        ALARM")
+        assert pumprig("-n", ns, "fault", "clear").returncode == 0
+        shown = pumprig("-n", ns, "alarms")
+        assert shown.returncode == 0, shown.stderr
+        assert "therapy held   alarm: MOTOR_STALL" in shown.stdout, shown.stdout
+        assert "pumprig alarms --clear, then pumprig resume" in shown.stdout
+        cleared = pumprig("-n", ns, "alarms", "--clear")
+        assert cleared.returncode == 0, cleared.stderr
+        assert "no estop was engaged" in cleared.stdout and "estop released" not in cleared.stdout
+        assert "therapy held" not in pumprig("-n", ns, "alarms").stdout

@@ -9,6 +9,7 @@ from pump_rig.cli.client import RigClient, RigUnreachableError
 from pump_rig.core.bag_report import PUMP_STATE_NAMES, SEVERITY_NAMES, THERAPY_STATE_NAMES
 
 LINE_STATE_NAMES = {0: "OK", 1: "SUSPECTED", 2: "OCCLUDED", 3: "LEAK", 4: "SENSOR_FAULT"}
+DOSE_ALARM = 2  # DoseStatus.ALARM
 
 
 def _dose(client: RigClient) -> Any:
@@ -106,9 +107,14 @@ def alarm_lines(client: RigClient) -> list[str]:
     for alarm in client.collect("alarms", 0.5):
         latest[(alarm.source, alarm.code)] = alarm
     active = [a for a in latest.values() if a.active]
-    if not active:
-        return ["alarms         none active"]
-    return ["alarms"] + [
+    lines = ["alarms         none active"] if not active else ["alarms"]
+    lines += [
         f"  {SEVERITY_NAMES.get(a.severity, '?'):<8} {a.code:<16} {a.source}: {a.message}"
         for a in active
     ]
+    # A critical alarm latches therapy even once its source has cleared it (a stall ends
+    # with the next command): say what holds therapy, and how to release it.
+    dose = client.latest("dose", timeout_s=1.0)
+    if dose is not None and dose.therapy_state == DOSE_ALARM:
+        lines.append(f"therapy held   {dose.detail} (pumprig alarms --clear, then pumprig resume)")
+    return lines

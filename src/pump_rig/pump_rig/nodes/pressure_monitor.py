@@ -182,11 +182,14 @@ class PressureMonitor(Node):
         cleared = self.latch.clear(t_s)
         for record in cleared:
             self._publish_alarm(record)
-        if self._estop_engaged:
+        released = self._estop_engaged
+        if released:
             self._set_estop(False, "cleared by operator", t_s)
         self.detector.reset()
         response.success = True
-        response.message = f"cleared {len(cleared)} alarm(s); estop released"
+        response.message = f"pressure monitor: cleared {len(cleared)} alarm(s)" + (
+            "; estop released" if released else "; no estop was engaged"
+        )
         return response
 
     def _set_estop(self, engaged: bool, reason: str, t_s: float) -> None:
