@@ -75,8 +75,11 @@ def test_up_with_a_negative_speed_is_a_usage_error() -> None:
 
 
 @contextmanager
-def running_rig(program: Path, cwd: Path, *extra: str) -> Iterator[str]:
-    """`pumprig up` at x60 in its own process; yields its namespace, then stops it cleanly."""
+def running_rig(
+    program: Path, cwd: Path, *extra: str, output: list[str] | None = None
+) -> Iterator[str]:
+    """`pumprig up` at x60 in its own process; yields its namespace, then stops it cleanly
+    (its terminal output is appended to ``output``)."""
     namespace = unique_namespace()
     exe = shutil.which("pumprig")
     assert exe is not None
@@ -92,9 +95,11 @@ def running_rig(program: Path, cwd: Path, *extra: str) -> Iterator[str]:
         yield namespace
     finally:
         proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=20)[0]
-    assert proc.returncode == 0, output
-    assert "pumprig up: stopped" in output
+        printed = proc.communicate(timeout=20)[0]
+    if output is not None:
+        output.append(printed)
+    assert proc.returncode == 0, printed
+    assert "pumprig up: stopped" in printed
 
 
 @pytest.fixture
@@ -182,7 +187,10 @@ def test_a_rolled_back_journal_doses_only_after_an_operator_accepts_the_loss(
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:-2]))
 
-    with running_rig(FLEX_PROGRAM, tmp_path, "--journal", str(journal), "--resume") as ns:
+    printed: list[str] = []
+    with running_rig(
+        FLEX_PROGRAM, tmp_path, "--journal", str(journal), "--resume", output=printed
+    ) as ns:
         status = wait_for_status(ns, "JOURNAL_FAULT")
         assert "therapy        ALARM" in status
         denied = pumprig("-n", ns, "bolus")
@@ -200,6 +208,11 @@ def test_a_rolled_back_journal_doses_only_after_an_operator_accepts_the_loss(
         held = pumprig("-n", ns, "bolus")
         assert held.returncode != 0 and "journal lost records" in held.stderr, held.stderr
     assert "restored from backup" in journal.read_text(encoding="utf-8")
+    # The operator at the terminal saw the controller's critical alarm raised and cleared,
+    # once each.
+    log = printed[0]
+    assert log.count("CRITICAL JOURNAL_FAULT raised: dose journal") == 1, log
+    assert log.count("CRITICAL JOURNAL_FAULT cleared") == 1, log
 
 
 def _small_journal(path: Path) -> None:

@@ -48,6 +48,7 @@ from pump_rig.core.therapy_engine import (
     TherapyError,
     TherapyState,
 )
+from pump_rig.nodes.alarm_log import log_alarm
 from pump_rig.nodes.contract import (
     rig_publisher,
     rig_subscription,
@@ -296,6 +297,9 @@ class DosingController(Node):
         """Say loudly which ledger doses: a resumed one carries a dose history (and maybe a
         program) from an earlier run."""
         log = self.get_logger()
+        if JOURNAL_FAULT in engine.snapshot(now_s(self)).active_alarms:
+            self.ledger = f"faulted {self.journal_path} (JOURNAL_FAULT: see the dose status)"
+            return
         if engine.resumed_records:
             program = engine.program
             self.ledger = (
@@ -528,6 +532,11 @@ class DosingController(Node):
             return response
         self.engine.close()
         self._engine = engine
+        # The faulted engine's critical alarm is latched on the topic: end it there too.
+        self._publish_alarm(
+            AlarmEvent(JOURNAL_FAULT, int(Severity.CRITICAL), False, "rollback accepted")
+        )
+        self._announce_ledger(engine)
         response.success = True
         response.message = f"journal rollback accepted: {engine.snapshot(now_s(self)).detail}"
         self.get_logger().warning(response.message)
@@ -594,6 +603,7 @@ class DosingController(Node):
             self._publish_alarm(event)
 
     def _publish_alarm(self, event: AlarmEvent) -> None:
+        log_alarm(self.get_logger(), event.severity, event.code, event.active, event.message)
         self._alarm_pub.publish(
             Alarm(
                 header=Header(stamp=s_to_stamp(now_s(self))),

@@ -48,6 +48,7 @@ from pump_rig.core.pump_device import (
 from pump_rig.core.pump_profile import find_pump_profile
 from pump_rig.core.syringe_catalog import load_syringe_catalog
 from pump_rig.drivers.backends import BACKENDS, DeviceOptions, find_backend
+from pump_rig.nodes.alarm_log import log_alarm
 from pump_rig.nodes.contract import diagnostics_publisher, rig_publisher, rig_subscription
 from pump_rig.nodes.params import ParamSet, ParamSpec, positive
 from pump_rig.nodes.ros_time import clock_valid, now_s, s_to_stamp, wall_clock
@@ -568,8 +569,7 @@ class MotorDriver(LifecycleNode):
                 message=message or ("condition ended" if not active else code),
             )
         )
-        if active:
-            self.get_logger().error(f"{code}: {message}")
+        log_alarm(self.get_logger(), int(severity), code, active, message or "condition ended")
 
     def _note_error(self, message: str) -> None:
         if message != self._last_error:

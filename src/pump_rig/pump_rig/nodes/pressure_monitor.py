@@ -26,6 +26,7 @@ from pump_rig.core.occlusion_detector import (
     LineState,
     OcclusionDetector,
 )
+from pump_rig.nodes.alarm_log import log_alarm
 from pump_rig.nodes.contract import (
     diagnostics_publisher,
     rig_publisher,
@@ -208,6 +209,9 @@ class PressureMonitor(Node):
             self.get_logger().info(f"estop released: {reason}")
 
     def _publish_alarm(self, record: AlarmRecord) -> None:
+        log_alarm(
+            self.get_logger(), int(record.severity), record.code, record.active, record.message
+        )
         self._alarm_pub.publish(
             Alarm(
                 header=self._header(record.t_s),
