@@ -88,6 +88,24 @@ def test_stop_command_is_never_stale() -> None:
     assert not policy.is_stale(1e6)
 
 
+def test_only_the_source_that_engaged_an_estop_releases_it() -> None:
+    """The pressure monitor engaged the estop; any node publishing engaged=False used to
+    release it. A release from another source is refused with the reason, and with two
+    sources engaged both must release."""
+    monitor, other = "/rig/pressure_monitor", "/rig/somebody"
+    policy = running_policy(seq=5)
+    assert policy.on_estop(True, "occlusion", monitor) is None
+    refused = policy.on_estop(False, "all fine", other)
+    assert refused == f"estop release from {other} refused: engaged by {monitor}"
+    assert policy.estopped and "occlusion" in policy.target(1.0).reason
+    policy.on_estop(True, "drill", other)
+    assert policy.on_estop(False, "cleared", monitor) is None
+    assert policy.estopped  # the drill still holds
+    assert policy.on_estop(False, "drill over", other) is None
+    assert not policy.estopped
+    assert policy.on_estop(False, "again", other) is None  # nothing engaged: nothing refused
+
+
 def test_estop_stops_and_release_alone_does_not_restart() -> None:
     policy = running_policy(seq=5)
     policy.on_estop(True, "occlusion")

@@ -79,14 +79,23 @@ class DrivePolicy:
         self._sequence = 0
         self._last_command_s: float | None = None
         self._last_command_wall_s: float | None = None
-        self._estop_reason: str | None = None
+        # Engaged emergency stops, by the source that engaged each (only it releases it).
+        self._estops: dict[str, str] = {}
         # Commands with a sequence <= this may not start the pump (set by every safety stop).
         self._rearm_after_sequence: int | None = None
         self._stop_reason = "no command yet"
 
     @property
     def estopped(self) -> bool:
-        return self._estop_reason is not None
+        return bool(self._estops)
+
+    @property
+    def _estop_reason(self) -> str | None:
+        if not self._estops:
+            return None
+        return "; ".join(
+            f"{src}: {why}" if src else why for src, why in sorted(self._estops.items())
+        )
 
     @property
     def last_sequence(self) -> int:
@@ -146,12 +155,21 @@ class DrivePolicy:
             self._safety_stop()
         return CommandVerdict(True, "")
 
-    def on_estop(self, engaged: bool, reason: str) -> None:
+    def on_estop(self, engaged: bool, reason: str, source: str = "") -> str | None:
+        """An estop engaged or released by ``source``. Only the source that engaged an
+        estop releases it (an operator's clear goes through that source, the pressure
+        monitor): a release from anyone else is refused, with the reason returned."""
         if engaged:
-            self._estop_reason = reason or "emergency stop"
+            self._estops[source] = reason or "emergency stop"
             self._safety_stop()
-        else:
-            self._estop_reason = None
+            return None
+        if source in self._estops:
+            del self._estops[source]
+            return None
+        if not self._estops:
+            return None  # nothing engaged: nothing to release
+        holders = ", ".join(sorted(s or "(unnamed)" for s in self._estops))
+        return f"estop release from {source or '(unnamed)'} refused: engaged by {holders}"
 
     def on_device_fault(self) -> None:
         """The device misbehaved or vanished: whatever happens next needs a fresh command."""

@@ -349,10 +349,12 @@ class MotorDriver(LifecycleNode):
             self._read_status()
 
     def _on_estop(self, msg: EmergencyStop) -> None:
-        self.policy.on_estop(msg.engaged, f"{msg.source}: {msg.reason}")
+        refused = self.policy.on_estop(msg.engaged, msg.reason, msg.source)
+        if refused is not None:
+            self.get_logger().warning(refused)
         self._set_condition(
             ESTOP,
-            msg.engaged,
+            self.policy.estopped,
             Severity.CRITICAL,
             f"emergency stop from {msg.source}: {msg.reason}",
         )
