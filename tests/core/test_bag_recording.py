@@ -115,11 +115,10 @@ def _write_run(path: Path, typestore: Any) -> None:
         ),
     )
     put("/rig/pump/state", t_alarm + 10, state(t_alarm + 10, 5, 130.0))
-    put(
-        "/rig/dose",
-        t_alarm + 20,
-        DoseStatus(
-            header=_header(ts, t_alarm + 20),
+
+    def dose(t: float, ordered_ul: float) -> Any:
+        return DoseStatus(
+            header=_header(ts, t),
             therapy_state=2,
             program="p",
             drug="baclofen",
@@ -130,6 +129,7 @@ def _write_run(path: Path, typestore: Any) -> None:
             reservoir_volume_ul=900.0,
             boluses_24h=0,
             prescribed_volume_ul=31.0,
+            ordered_volume_ul=ordered_ul,
             daily_limit_ug=1000.0,
             dose_24h_sources=["basal"],
             dose_24h_by_source_ug=np.array([15.0]),
@@ -142,6 +142,20 @@ def _write_run(path: Path, typestore: Any) -> None:
             active_bolus="",
             detail="alarm: OCCLUSION",
             ledger="new /tmp/dose_journal.jsonl",
+        )
+
+    # Ordered over the run: 40 µL (the program went on while the estop held the pump).
+    put("/rig/dose", T0 + 1, dose(T0 + 1, 10.0))
+    put("/rig/dose", t_alarm + 20, dose(t_alarm + 20, 50.0))
+    put(
+        "/rig/bench/faults",
+        t_alarm + 30,
+        FaultEvent(
+            header=_header(ts, t_alarm + 30),
+            kind="occlusion",
+            active=False,
+            magnitude=0.0,
+            message="cleared",
         ),
     )
     bag.close()
@@ -155,7 +169,7 @@ def test_bag_reads_back_with_rosbags(tmp_path: Path, typestore: Any) -> None:
     assert len(mcap_files) == 1
     assert mcap_files[0].read_bytes()[:8] == b"\x89MCAP0\r\n"
     with Reader(path) as reader:
-        assert reader.message_count == 10
+        assert reader.message_count == 12  # every message _write_run puts
         topics = {c.topic: c.msgtype for c in reader.connections}
         assert topics["/rig/pump/state"] == "pump_rig_interfaces/msg/PumpState"
         # The bag carries the full definition, so it is readable without pump_rig installed.
@@ -182,6 +196,12 @@ def test_report_measures_delivery_and_detection(tmp_path: Path, typestore: Any) 
     text = format_report(report)
     assert "OCCLUSION from /rig/pressure_monitor after 30 min 00.0 s" in text
     assert "stopped by the motor driver on the estop after 30 min 10.0 s" in text
+    # Prescribed is what was ordered over the run, also while stopped; every fault is listed.
+    assert report.ordered_ul == pytest.approx(40.0)
+    assert "30.000 µL as reported by the device (75.0 % of prescribed)" in text
+    assert (
+        "occlusion injected at +1 h 00 min" in text and "occlusion cleared at +1 h 30 min" in text
+    )
 
 
 def test_existing_bag_is_never_overwritten(tmp_path: Path, typestore: Any) -> None:

@@ -659,6 +659,30 @@ def test_prescribed_volume_integrates_basal_rate_while_running() -> None:
     assert engine.snapshot(T0 + 5 * 3600).prescribed_volume_ul == pytest.approx(45.0)
 
 
+def test_ordered_volume_goes_on_through_alarms_and_counts_granted_boluses() -> None:
+    """What the patient was to get: the program while not suspended by an operator, also
+    while an alarm stops the pump, and every granted bolus. `pumprig report` measures
+    delivery against it (the demo said 100 % of prescribed with the pump stopped 11 of 24 h:
+    prescribed_volume_ul counts only while running)."""
+    engine = new_engine()
+    with_bolus = parse_program(
+        PROGRAM.to_yaml().replace(
+            "reservoir:",
+            "patient_bolus: {dose_ug: 25.0, duration_min: 10, lockout_min: 60, max_per_24h: 4}\n"
+            "reservoir:",
+        )
+    )
+    engine.set_program(T0, with_bolus)  # 20 µL/h; a 25 µg bolus is 50 µL
+    assert engine.request_bolus(T0 + 3600).granted
+    engine.on_alarm(T0 + 2 * 3600, "OCCLUSION", CRITICAL, True, "x")
+    snap = engine.snapshot(T0 + 4 * 3600)
+    assert snap.therapy_state is TherapyState.ALARM
+    assert snap.ordered_volume_ul == pytest.approx(4 * 20.0 + 50.0)
+    assert snap.prescribed_volume_ul == pytest.approx(2 * 20.0)
+    engine.clear_alarms(T0 + 4 * 3600)  # cleared: suspended until resumed
+    assert engine.snapshot(T0 + 6 * 3600).ordered_volume_ul == pytest.approx(130.0)
+
+
 def test_time_going_back_integrates_nothing_negative() -> None:
     engine = running_engine()
     engine.snapshot(T0 + 3600)

@@ -83,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> None:
                 if dose is not None:
                     print(
                         f"  hour {elapsed_h:5.2f}: delivered {dose.delivered_volume_ul:8.3f} µL of "
-                        f"{dose.prescribed_volume_ul:8.3f} µL prescribed"
+                        f"{dose.ordered_volume_ul:8.3f} µL prescribed"
                     )
                 next_progress_h += PROGRESS_EVERY_H
             time.sleep(0.02)

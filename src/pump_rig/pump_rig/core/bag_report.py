@@ -60,6 +60,10 @@ class RunReport:
     concentration_ug_per_ml: float = math.nan
     basal_rate_ul_per_h: float = math.nan
     prescribed_volume_ul: float = math.nan
+    # Ordered (program and granted boluses, through alarms and stops), first and last seen;
+    # bags from before DoseStatus carried it have nan.
+    ordered_first_ul: float = math.nan
+    ordered_last_ul: float = math.nan
     controller_delivered_ul: float = math.nan
     dose_24h_ug: float = math.nan
     therapy_state: str = ""
@@ -83,6 +87,11 @@ class RunReport:
     @property
     def device_delivered_ul(self) -> float:
         return self.device_delivered_last_ul - self.device_delivered_first_ul
+
+    @property
+    def ordered_ul(self) -> float:
+        """What was ordered over the run (nan: the bag does not say)."""
+        return self.ordered_last_ul - self.ordered_first_ul
 
     @property
     def message_count(self) -> int:
@@ -160,6 +169,10 @@ def _take(report: RunReport, kind: str, msg: Any, t_ns: int) -> None:
         report.concentration_ug_per_ml = msg.concentration_ug_per_ml
         report.basal_rate_ul_per_h = msg.basal_rate_ul_per_h
         report.prescribed_volume_ul = msg.prescribed_volume_ul
+        ordered = float(getattr(msg, "ordered_volume_ul", math.nan))
+        if math.isnan(report.ordered_first_ul):
+            report.ordered_first_ul = ordered
+        report.ordered_last_ul = ordered
         report.controller_delivered_ul = msg.delivered_volume_ul
         report.dose_24h_ug = msg.delivered_dose_24h_ug
         report.therapy_state = THERAPY_STATE_NAMES.get(msg.therapy_state, str(msg.therapy_state))
@@ -252,10 +265,16 @@ def format_report(report: RunReport) -> str:
             )
         )
     prescribed = report.prescribed_volume_ul
+    what = "over the run"
+    if not math.isnan(report.ordered_ul):
+        # The program and the granted boluses, also while an alarm or an empty reservoir held
+        # delivery: what the patient was to get.
+        prescribed = report.ordered_ul
+        what = "over the run (program and granted boluses, also while stopped by alarms)"
     delivered = report.device_delivered_ul
     if not math.isnan(delivered):
         share = f" ({100.0 * delivered / prescribed:.1f} % of prescribed)" if prescribed > 0 else ""
-        lines.append(_row("prescribed", f"{prescribed:.3f} µL over the run"))
+        lines.append(_row("prescribed", f"{prescribed:.3f} µL {what}"))
         lines.append(_row("delivered", f"{delivered:.3f} µL as reported by the device{share}"))
         if not math.isnan(report.controller_delivered_ul):
             lines.append(
@@ -265,13 +284,16 @@ def format_report(report: RunReport) -> str:
                     f"{report.dose_24h_ug:.3f} µg in the last 24 h",
                 )
             )
-    fault = report.first_fault()
-    if fault is not None:
+    for event in report.faults:  # every fault injected or cleared, not only the first
         lines.append(
             _row(
-                "fault", f"{fault.kind} injected at +{format_duration(fault.t_s - report.start_s)}"
+                "fault",
+                f"{event.kind} {'injected' if event.active else 'cleared'} at "
+                f"+{format_duration(event.t_s - report.start_s)}",
             )
         )
+    fault = report.first_fault()
+    if fault is not None:
         first = report.first_alarm_after(fault.t_s)
         critical = next(
             (

@@ -215,6 +215,9 @@ class EngineSnapshot:
     # After a journal rollback the line's content is unknown: nothing is dosed until a
     # refill with flush.
     line_unknown: bool = False
+    # What the program and the granted boluses ordered, counted through alarms and stops
+    # (not through an operator's suspension), delivered or not.
+    ordered_volume_ul: float = 0.0
 
 
 @dataclass
@@ -371,6 +374,10 @@ class TherapyEngine:
         self._bridge = False
         self._prescribed_ul = 0.0
         self._prescribed_by_day: dict[int, float] = {}
+        # What the program and the granted boluses ordered while therapy was not suspended by
+        # an operator, delivered or not: it goes on through alarms and an empty reservoir, so
+        # delivered / ordered shows what they cost (prescribed_ul counts only while running).
+        self._ordered_ul = 0.0
         self._overrides: list[tuple[float, str]] = []
         self._issued: _Issued | None = None
         # (time, µg/mL): a refill to a weaker fluid; what the device pushed before it, booked
@@ -1056,6 +1063,7 @@ class TherapyEngine:
             reservoir_volume_ul=self._res_volume,
             boluses_24h=self._boluses_24h(t_s),
             prescribed_volume_ul=self._prescribed_ul,
+            ordered_volume_ul=self._ordered_ul,
             active_alarms=tuple(sorted(active)),
             daily_limit_ug=self.daily_limit_ug(),
             dose_24h_by_source_ug=self._ledger.dose_24h_by_source_ug(t_s),
@@ -1554,6 +1562,7 @@ class TherapyEngine:
         self._bolus = bolus
         day = self._ledger.day_of(t_s)
         self._prescribed_by_day[day] = self._prescribed_by_day.get(day, 0.0) + bolus.dose_ug
+        self._ordered_ul += bolus.volume_ul
         self._record("bolus", bolus=bolus.to_record())
 
     def _start_bridge(self) -> str:
@@ -1592,6 +1601,9 @@ class TherapyEngine:
 
     def _advance(self, t_s: float) -> None:
         dt = t_s - self._t
+        if dt > 0 and self._program is not None and self._run and self._res_conc > 0:
+            ordered_ug = self._program.schedule.dose_ug(self._t, t_s)
+            self._ordered_ul += ordered_ug / self._res_conc * _UL_PER_ML
         if dt > 0 and self.state is TherapyState.RUNNING and self._program is not None:
             schedule = self._program.schedule
             t = self._t
@@ -1746,6 +1758,7 @@ class TherapyEngine:
             "bolus": self._bolus.to_record() if self._bolus else None,
             "bridge": self._bridge,
             "presc": [self._prescribed_ul, {str(d): v for d, v in self._prescribed_by_day.items()}],
+            "ord": self._ordered_ul,
             "open": open_bucket.to_record() if open_bucket is not None else None,
             "issued": self._issued.to_record() if self._issued is not None else None,
             "force": self._force_record(),
@@ -1810,6 +1823,7 @@ class TherapyEngine:
         self._bridge = bool(s["bridge"])
         self._prescribed_ul = float(s["presc"][0])
         self._prescribed_by_day = {int(d): float(v) for d, v in s["presc"][1].items()}
+        self._ordered_ul = float(s.get("ord", self._prescribed_ul))  # older records: prescribed
         # Records from before these were journaled lack them.
         open_bucket = s.get("open")
         self._ledger.reopen(

@@ -578,6 +578,7 @@ class DosingController(Node):
             reservoir_volume_ul=snap.reservoir_volume_ul,
             boluses_24h=snap.boluses_24h,
             prescribed_volume_ul=snap.prescribed_volume_ul,
+            ordered_volume_ul=snap.ordered_volume_ul,
             daily_limit_ug=snap.daily_limit_ug,
             dose_24h_sources=sources,
             dose_24h_by_source_ug=[snap.dose_24h_by_source_ug[s] for s in sources],
