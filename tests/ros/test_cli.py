@@ -323,3 +323,17 @@ def test_alarms_names_what_holds_therapy_even_once_its_source_has_cleared_it(
         assert cleared.returncode == 0, cleared.stderr
         assert "no estop was engaged" in cleared.stdout and "estop released" not in cleared.stdout
         assert "therapy held" not in pumprig("-n", ns, "alarms").stdout
+
+
+def test_status_shows_the_dose_rate_leaving_the_tip_during_a_bridge(tmp_path: Path) -> None:
+    """Refilled at double strength with a bridge, the pump keeps 20 µL/h while the old
+    500 µg/mL fluid leaves the tip: 240 µg/day, as prescribed. `status` used to multiply by
+    the reservoir's strength and show 480 µg/day."""
+    with running_rig(PROGRAM, tmp_path) as ns:
+        wait_for_status(ns, "therapy        RUNNING")
+        bridged = pumprig(
+            "-n", ns, "refill", "15000", "--drug", "baclofen", "--concentration", "1000", "--bridge"
+        )
+        assert bridged.returncode == 0, bridged.stderr
+        status = wait_for_status(ns, "(catheter tip: 500 µg/mL)")
+        assert "basal rate     20.000 µL/h now (240.000 µg/day at the tip)" in status, status

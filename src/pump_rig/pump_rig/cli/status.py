@@ -34,8 +34,11 @@ def program_lines(client: RigClient) -> list[str]:
             if dose.tip_concentration_ug_per_ml != dose.concentration_ug_per_ml
             else ""
         ),
+        # The dose rate is what leaves the catheter tip: during a bridge, or after a refill,
+        # the tip's fluid, not the reservoir's.
         f"basal rate     {dose.basal_rate_ul_per_h:.3f} µL/h now "
-        f"({dose.basal_rate_ul_per_h * 24 / 1000 * dose.concentration_ug_per_ml:.3f} µg/day)",
+        f"({dose.basal_rate_ul_per_h * 24 / 1000 * dose.tip_concentration_ug_per_ml:.3f} "
+        "µg/day at the tip)",
         f"daily maximum  {dose.daily_limit_ug:g} µg",
     ]
     if dose.active_bolus:
