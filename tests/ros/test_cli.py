@@ -281,8 +281,8 @@ def test_a_ledger_moved_to_another_rigs_pump_counts_nothing_until_the_swap_is_co
     with running_rig(PROGRAM, tmp_path, "--journal", str(journal)) as ns:
         wait_for_status(ns, "therapy        RUNNING")
     with running_rig(PROGRAM, tmp_path, "--journal", str(journal), "--resume") as ns:
-        status = wait_for_status(ns, "DEVICE_CHANGED")
-        assert "therapy        ALARM" in status
+        status = wait_for_status(ns, "therapy        ALARM")
+        assert "DEVICE_CHANGED" in status, status
         assert pumprig("-n", ns, "bolus").returncode != 0  # denied: therapy in ALARM
         no_reason = pumprig("-n", ns, "journal", "confirm-device", "--reason", " ")
         assert "reason" in one_line_error(no_reason)
