@@ -674,5 +674,49 @@ def test_a_crash_twin_whose_bolus_progress_counts_commands_not_run_is_no_referen
         ClinicianBolus(at_s=32640.0, kind="clinician", dose_ug=517.0, duration_min=64.0),
     )
     result = run_scenario(Scenario(setup, events))
-    assert result.notes["crash twin dropped: its bolus progress counts commands not run"] == 1
+    assert result.notes["crash twin dropped: its bolus or stop counts commands not run"] == 1
     assert not result.violations, [str(v) for v in result.violations]
+
+
+def test_a_crash_restart_holding_therapy_may_take_a_drug_change_the_running_twin_refuses() -> None:
+    """Seed 12837, shrunk: near the maximum, a crash; the restarted engine books what the
+    device pushed since its last record at its first report (later than it left, so it stays
+    in the window longer) and holds therapy in ALARM, where the never-restarted twin runs on.
+    A refill with another drug is then taken by the engine that holds therapy and refused by
+    the twin that runs it: more cautious, not more generous."""
+    baclofen = ProgramSpec(name="p1", drug="baclofen", daily_dose_ug=720.0, volume_ul=25600.0)
+    capped = ProgramSpec(
+        name="p4",
+        drug="baclofen",
+        daily_dose_ug=510.7,
+        max_daily_dose_ug=535.9,
+        utc_offset_h=2.0,
+        volume_ul=34200.0,
+    )
+    setup = Setup(
+        days=1.0840277777777778,
+        resolution_ul=0.22,
+        resolution_source="both",
+        latency_s=17.7,
+        latency_per_command=False,
+        report_s=72.8,
+        jitter=0.3,
+        dead_volume_ul=24.8,
+        line_primed=False,
+        bucket_s=1800.0,
+        under_delivery_tolerance_ul=2.0,
+        counter_start_steps=74460,
+        concentration=50.0,
+        first_program=baclofen,
+        rng_seed=454356578,
+    )
+    events: tuple[safety_scenarios.Event, ...] = (
+        SetProgram(at_s=14400.0, program=capped),
+        ClinicianBolus(at_s=43200.0, kind="prime", volume_ul=39.0, duration_min=6.0),
+        Restart(at_s=90000.0, crash=True),
+        Refill(at_s=93600.0, volume_ul=35100.0, drug="fentanyl", concentration=707.0, bridge=True),
+    )
+    result = run_scenario(Scenario(setup, events))
+    assert result.notes["crash restart more cautious than the twin"] == 1
+    assert not result.violations, [str(v) for v in result.violations]
+    assert result.max_fraction <= 1.0

@@ -151,7 +151,7 @@ TAG_TINY_BUDGET: Final = 2
 
 _REL: Final = 1e-9
 _TWIN_UNCOMMANDED_ALARM: Final = "crash twin dropped: it alarmed on delivery it did not command"
-_TWIN_UNCOMMANDED_BOLUS: Final = "crash twin dropped: its bolus progress counts commands not run"
+_TWIN_UNCOMMANDED_BOLUS: Final = "crash twin dropped: its bolus or stop counts commands not run"
 _TWIN_HOURS: Final = 30.0  # a restart is compared this long (the 24 h window has turned over)
 _UNDER_RATIO: Final = 0.9
 _UNDER_AFTER_S: Final = 600.0
@@ -744,10 +744,25 @@ class _Harness:
     def _compare_decision(self, what: str, real_refusal: str, twin_refusal: str | None) -> None:
         if twin_refusal is None or self.mode == "off":
             return
-        if self.twin_uncommanded and twin_refusal.startswith("a bolus is in progress"):
-            # Which bolus volume is still to come the twin credits by the commands it thinks
-            # the device runs; after a crash the device ran others: no reference.
+        if self.twin_uncommanded and (
+            twin_refusal.startswith("a bolus is in progress")
+            or "has not yet confirmed it stopped" in twin_refusal
+        ):
+            # Which bolus volume is still to come, and whether the device confirmed a stop,
+            # the twin knows from the commands it thinks the device runs; after a crash the
+            # device ran others: no reference.
             self.result.notes[_TWIN_UNCOMMANDED_BOLUS] += 1
+            self._drop_twin()
+            return
+        if (
+            self.mode == "conservative"
+            and not real_refusal
+            and "needs suspended therapy" in twin_refusal
+            and self._engine().state is not TherapyState.RUNNING
+        ):
+            # The restarted engine holds therapy (an alarm, a suspension) where the twin runs
+            # it: more cautious, and a drug change is taken where therapy is not running.
+            self.result.notes["crash restart more cautious than the twin"] += 1
             self._drop_twin()
             return
         if (real_refusal == "") != (twin_refusal == ""):
