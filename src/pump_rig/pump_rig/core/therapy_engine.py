@@ -398,9 +398,6 @@ class TherapyEngine:
         # another one answering on the port now: nothing is counted from it, nothing dosed.
         self._device_id: str | None = None
         self._other_device: str | None = None
-        # A ledger that knows its device doses only once that device has answered (a
-        # restarted controller must not drive whatever pump is on the port before it knows).
-        self._device_answered = False
         self._bolus_eta: tuple[_Bolus, float] | None = None  # see _next_change
         self._bridge_eta: tuple[float, float] | None = None  # (tip concentration, time)
         # The program of the drug a refill replaced, while a bridge delivers what of it is
@@ -920,11 +917,9 @@ class TherapyEngine:
             return
         if self._device_id is None:
             self._device_id = identity
-            self._device_answered = True
             self._record("device", id=identity)
             return
         if identity == self._device_id:
-            self._device_answered = True
             if self._other_device is not None:
                 self._other_device = None
                 self._set_core_alarm(
@@ -959,7 +954,6 @@ class TherapyEngine:
         if not reason.strip():
             raise TherapyError("reason: say why the device changed (it is journaled)")
         self._device_id, self._other_device = new, None
-        self._device_answered = True
         self._baseline = None  # the new counter has nothing to do with the old one
         self._run, self._bolus = False, None
         self._why = f"device changed from {old} to {new} ({reason.strip()}): resume to restart"
@@ -1151,9 +1145,6 @@ class TherapyEngine:
             return CommandIntent(PumpAction.STOP, 0.0, 0.0, self._stop_reason(state)), 0.0, 0.0
         program = self._program
         assert program is not None
-        if self._device_id is not None and not self._device_answered:
-            why = f"waiting for {self._device_id}, the pump this ledger counts on, to answer"
-            return CommandIntent(PumpAction.STOP, 0.0, 0.0, why), 0.0, 0.0
         if self._line_unknown():
             return (
                 CommandIntent(
