@@ -264,29 +264,34 @@ def test_a_second_rig_in_the_same_namespace_and_domain_is_refused_and_the_first_
 
 
 def test_a_leftover_ledger_is_resumed_only_when_asked_and_then_said_so(
-    tmp_path: Any, namespace: str, probe: Probe
+    tmp_path: Any, namespace: str
 ) -> None:
     """A rig ran a program and stopped. Started again on the same journal with resume (the
     controller's default, and `pumprig up --port`), it goes on with that ledger and says so
     in the dose status; started as a new ledger (`pumprig up` on the mock), it doses nothing,
     says it is new, and the old journal is kept as a dated copy."""
     journal = tmp_path / "ledger" / "dose_journal.jsonl"
-    dose = probe.watch("dose")
+    runs = iter(range(3))
 
     def run(**options: Any) -> DoseStatus:
+        # Each start in a namespace of its own: a latched dose status of the run before
+        # cannot be taken for this one's.
+        ns = f"{namespace}_{next(runs)}"
         options.setdefault("extra", {})["mock_hardware"] = [
             Parameter("port_link", Parameter.Type.STRING, str(tmp_path / "pump"))
         ]
-        stack = Stack(StackOptions(namespace=namespace, speed=SPEED, journal=journal, **options))
+        watcher = Probe(ns)
+        stack = Stack(StackOptions(namespace=ns, speed=SPEED, journal=journal, **options))
         try:
+            dose = watcher.watch("dose")
             stack.start()
-            dose.clear()
-            status: DoseStatus = probe.wait_for(
+            status: DoseStatus = watcher.wait_for(
                 lambda: (d := last(dose)) is not None and d.ledger and d, what="dose status"
             )
             return status
         finally:
             stack.shutdown()
+            watcher.close()
 
     first = run(program=PROGRAM, new_ledger=True)
     assert first.ledger == f"new {journal}" and first.program == "baclofen-constant"
