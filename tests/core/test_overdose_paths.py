@@ -710,6 +710,23 @@ def test_8_after_an_accepted_rollback_a_stronger_fluid_needs_a_flush() -> None:
         engine.close()
 
 
+def _rolled_back_past_every_record(path: Path, capped: TherapyProgram, t: float) -> TherapyEngine:
+    """20 h at 20 µL/h of baclofen 500 µg/mL (400 µL, 200 µg) journaled at ``path``, then
+    every record lost (the journal back to its header) and the loss accepted at ``t``."""
+    engine = TherapyEngine.open(t_s=T0, library=LIBRARY, journal_path=path, initial_program=capped)
+    engine.on_device_volume(T0, 0.0)
+    engine.command(T0)
+    for k in range(1, 21):
+        engine.on_device_volume(T0 + k * HOUR, 20.0 * k)
+        engine.command(T0 + k * HOUR)
+    engine.close()
+    header = path.read_bytes().splitlines(keepends=True)[0]
+    path.write_bytes(header)  # every record lost
+    return TherapyEngine.open(
+        t_s=t, library=LIBRARY, journal_path=path, confirm_rollback="restored an old copy"
+    )
+
+
 def test_8_a_rollback_past_every_record_keeps_the_24h_dose_from_the_high_water_mark() -> None:
     """A journal rolled back to its header lost the whole dose history. The high-water mark
     kept beside it holds the 24 h dose and the device counter of the last record written:
@@ -718,21 +735,8 @@ def test_8_a_rollback_past_every_record_keeps_the_24h_dose_from_the_high_water_m
     capped = program("baclofen", 500.0, 240.0, max_daily=250.0)
     with journal_dir() as directory:
         path = directory / "dose.journal"
-        engine = TherapyEngine.open(
-            t_s=T0, library=LIBRARY, journal_path=path, initial_program=capped
-        )
-        engine.on_device_volume(T0, 0.0)
-        engine.command(T0)
-        for k in range(1, 21):  # 20 h at 20 µL/h: 400 µL, 200 µg
-            engine.on_device_volume(T0 + k * HOUR, 20.0 * k)
-            engine.command(T0 + k * HOUR)
-        engine.close()
-        header = path.read_bytes().splitlines(keepends=True)[0]
-        path.write_bytes(header)  # every record lost
         t = T0 + 20 * HOUR + 600
-        restored = TherapyEngine.open(
-            t_s=t, library=LIBRARY, journal_path=path, confirm_rollback="restored an old copy"
-        )
+        restored = _rolled_back_past_every_record(path, capped, t)
         assert restored.snapshot(t).delivered_dose_24h_ug == pytest.approx(200.0)
         restored.set_program(t, capped)
         restored.resume(t)
@@ -768,24 +772,9 @@ def test_8_volume_pushed_before_a_rollback_is_accepted_counts_as_the_strongest_f
     fentanyl at 563 µg/mL as no drug and ended 0.2 µg over its maximum)."""
     with journal_dir() as directory:
         path = directory / "dose.journal"
-        engine = TherapyEngine.open(
-            t_s=T0,
-            library=LIBRARY,
-            journal_path=path,
-            initial_program=program("baclofen", 500.0, 240.0, max_daily=250.0),
-        )
-        engine.on_device_volume(T0, 0.0)
-        engine.command(T0)
-        for k in range(1, 21):  # 20 h at 20 µL/h: 400 µL, 200 µg
-            engine.on_device_volume(T0 + k * HOUR, 20.0 * k)
-            engine.command(T0 + k * HOUR)
-        engine.close()
-        header = path.read_bytes().splitlines(keepends=True)[0]
-        path.write_bytes(header)  # every record lost
         t = T0 + 20 * HOUR + 600
-        restored = TherapyEngine.open(
-            t_s=t, library=LIBRARY, journal_path=path, confirm_rollback="restored an old copy"
-        )
+        capped = program("baclofen", 500.0, 240.0, max_daily=250.0)
+        restored = _rolled_back_past_every_record(path, capped, t)
         restored.on_device_volume(t + 1, 403.0)  # 3 µL since the mark, before any re-entry
         assert restored.snapshot(t + 1).delivered_dose_24h_ug == pytest.approx(201.5)
         # A crash now (no close): the reopened engine counts from the journaled counter
